@@ -1,0 +1,6 @@
+package docker
+
+import "errors"
+
+// ErrUnreachable: the Docker daemon did not answer at DOCKER_HOST.
+var ErrUnreachable = errors.New("docker daemon unreachable")

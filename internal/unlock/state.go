@@ -1,0 +1,28 @@
+package unlock
+
+import "errors"
+
+// State is the unlock workflow's state, as it appears on the wire (SPEC §6).
+type State string
+
+const (
+	StateIdle           State = "idle"
+	StateAuthenticating State = "authenticating"
+	StateDownloadingKey State = "downloading_key"
+	StateDecrypting     State = "decrypting"
+	StateLoadingImages  State = "loading_images"
+	StateReady          State = "ready"
+	StateError          State = "error"
+)
+
+// Status is a snapshot of the workflow for GET /unlock/status.
+type Status struct {
+	State      State
+	Error      string // empty unless State is StateError
+	BytesDone  int64  // archive bytes decrypted so far
+	BytesTotal int64  // archive size; 0 before decrypting starts
+}
+
+// ErrArchiveNotFound: the encrypted archive is missing and the images are not loaded.
+// httpapi answers it with 404 {"detail":"Encrypted archive not found"}.
+var ErrArchiveNotFound = errors.New("encrypted archive not found")
