@@ -1,0 +1,173 @@
+// Package config reads the loader's configuration (SPEC §7): every setting is a command-line
+// flag whose default comes from its environment variable, then from the built-in default.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// DefaultImages are the Docker images an unlock must load (SPEC §6).
+var DefaultImages = []string{
+	"azaion/annotations",
+	"azaion/flights",
+	"azaion/detections",
+	"azaion/gps-denied-onboard",
+	"azaion/gps-denied-desktop",
+	"azaion/autopilot",
+	"azaion/ai-training",
+}
+
+// Config is the loader's configuration.
+type Config struct {
+	ResourceAPIURL string
+	ImagesPath     string
+	APIVersion     string
+	DockerImages   []string
+	ModelCacheDir  string
+	ListenAddr     string
+	LogDir         string
+	LogLevel       slog.Level
+	LogFormat      string // "text" or "json"
+	APIToken       string
+	DockerHost     string
+	JWTSecret      string // HS256 secret; when set (or JWTPublicKey) tokens are verified
+	JWTPublicKey   string // path of a PEM public key (RSA or ECDSA)
+}
+
+// setting is one row of the configuration table: a flag, its environment variable and default.
+type setting struct {
+	flag, env, def, usage string
+	secret                bool // never shown as a default in --help
+	set                   func(c *Config, v string) error
+}
+
+func str(p func(*Config) *string) func(*Config, string) error {
+	return func(c *Config, v string) error { *p(c) = v; return nil }
+}
+
+var settings = []setting{
+	{"resource-api-url", "RESOURCE_API_URL", "https://api.azaion.com", "base URL of the Azaion Resource API", false, func(c *Config, v string) error {
+		u, err := url.Parse(v)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("must be an http(s) URL, got %q", v)
+		}
+		c.ResourceAPIURL = strings.TrimRight(v, "/")
+		return nil
+	}},
+	{"images-path", "IMAGES_PATH", "/opt/azaion/images.enc", "encrypted archive of Docker images that unlock decrypts", false, func(c *Config, v string) error {
+		// A missing archive is a normal state (unlock answers 404); one that exists but
+		// cannot be read is a deployment mistake worth refusing at start.
+		if fi, err := os.Stat(v); err == nil {
+			if fi.IsDir() {
+				return fmt.Errorf("%s is a directory", v)
+			}
+			f, err := os.Open(v)
+			if err != nil {
+				return fmt.Errorf("cannot read %s: %w", v, errors.Unwrap(err))
+			}
+			f.Close()
+		}
+		c.ImagesPath = v
+		return nil
+	}},
+	{"api-version", "API_VERSION", "latest", "tag the unlocked Docker images must have", false, str(func(c *Config) *string { return &c.APIVersion })},
+	{"docker-images", "DOCKER_IMAGES", strings.Join(DefaultImages, ","), "comma-separated Docker images (without tag) an unlock loads", false, func(c *Config, v string) error {
+		c.DockerImages = nil
+		for _, s := range strings.Split(v, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				c.DockerImages = append(c.DockerImages, s)
+			}
+		}
+		if len(c.DockerImages) == 0 {
+			return errors.New("must name at least one image")
+		}
+		return nil
+	}},
+	{"model-cache-dir", "MODEL_CACHE_DIR", "models", "directory where big parts of resources are cached", false, str(func(c *Config) *string { return &c.ModelCacheDir })},
+	{"listen-addr", "LISTEN_ADDR", ":8080", "address the HTTP API listens on", false, func(c *Config, v string) error {
+		_, port, err := net.SplitHostPort(v)
+		if err != nil {
+			return fmt.Errorf("must be host:port, got %q", v)
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			return fmt.Errorf("port must be 0-65535, got %q", port)
+		}
+		c.ListenAddr = v
+		return nil
+	}},
+	{"log-dir", "LOG_DIR", "Logs", "directory for daily log files (empty: stderr only)", false, str(func(c *Config) *string { return &c.LogDir })},
+	{"log-level", "LOG_LEVEL", "info", "log level: debug, info, warn or error", false, func(c *Config, v string) error {
+		return c.LogLevel.UnmarshalText([]byte(v))
+	}},
+	{"log-format", "LOG_FORMAT", "text", "log format: text or json", false, func(c *Config, v string) error {
+		if v != "text" && v != "json" {
+			return fmt.Errorf("must be text or json, got %q", v)
+		}
+		c.LogFormat = v
+		return nil
+	}},
+	{"api-token", "LOADER_API_TOKEN", "", "bearer token required by every endpoint but /health (empty: none)", true, str(func(c *Config) *string { return &c.APIToken })},
+	{"docker-host", "DOCKER_HOST", "unix:///var/run/docker.sock", "Docker Engine API address", false, str(func(c *Config) *string { return &c.DockerHost })},
+	{"jwt-secret", "JWT_SECRET", "", "HS256 secret to verify Resource API tokens (empty: not verified)", true, str(func(c *Config) *string { return &c.JWTSecret })},
+	{"jwt-public-key", "JWT_PUBLIC_KEY", "", "PEM public key file to verify Resource API tokens (empty: not verified)", false, str(func(c *Config) *string { return &c.JWTPublicKey })},
+}
+
+// Names lists the environment variables the configuration reads, in table order.
+func Names() []string {
+	names := make([]string, len(settings))
+	for i, s := range settings {
+		names[i] = s.env
+	}
+	return names
+}
+
+// Register adds one flag per setting to fs. The flag's default is the environment variable's
+// value when set, else the built-in default; Load then validates whatever was chosen.
+func Register(fs *flag.FlagSet, getenv func(string) string) *Loader {
+	l := &Loader{values: make([]*string, len(settings))}
+	for i, s := range settings {
+		v := s.def
+		if e := getenv(s.env); e != "" {
+			v = e
+		}
+		shown := s.def
+		if s.secret {
+			shown = "" // never print a configured secret in --help
+		}
+		p := new(string)
+		*p = v
+		fs.Func(s.flag, fmt.Sprintf("%s (env %s%s)", s.usage, s.env, defaultText(shown)), func(x string) error { *p = x; return nil })
+		l.values[i] = p
+	}
+	return l
+}
+
+func defaultText(d string) string {
+	if d == "" {
+		return ""
+	}
+	return ", default " + strconv.Quote(d)
+}
+
+// Loader holds the flag values registered by Register until Load validates them.
+type Loader struct{ values []*string }
+
+// Load validates every setting and returns the configuration. The error names the flag and
+// its environment variable, never a secret value.
+func (l *Loader) Load() (Config, error) {
+	var c Config
+	for i, s := range settings {
+		if err := s.set(&c, *l.values[i]); err != nil {
+			return Config{}, fmt.Errorf("invalid -%s (%s): %w", s.flag, s.env, err)
+		}
+	}
+	return c, nil
+}

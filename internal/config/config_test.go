@@ -1,0 +1,115 @@
+package config
+
+import (
+	"flag"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func load(t *testing.T, env map[string]string, args ...string) (Config, error) {
+	t.Helper()
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	l := Register(fs, func(k string) string { return env[k] })
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	return l.Load()
+}
+
+func TestDefaults(t *testing.T) {
+	c, err := load(t, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{
+		ResourceAPIURL: "https://api.azaion.com", ImagesPath: "/opt/azaion/images.enc", APIVersion: "latest",
+		DockerImages: DefaultImages, ModelCacheDir: "models", ListenAddr: ":8080", LogDir: "Logs",
+		LogLevel: slog.LevelInfo, LogFormat: "text", DockerHost: "unix:///var/run/docker.sock",
+	}
+	if !reflect.DeepEqual(c, want) {
+		t.Errorf("got %+v\nwant %+v", c, want)
+	}
+}
+
+func TestEnvThenFlag(t *testing.T) {
+	env := map[string]string{"API_VERSION": "v7", "DOCKER_IMAGES": " a/x , b/y,", "LOG_LEVEL": "debug", "LISTEN_ADDR": "127.0.0.1:9"}
+	c, err := load(t, env, "-listen-addr", ":9999")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.APIVersion != "v7" || c.ListenAddr != ":9999" || c.LogLevel != slog.LevelDebug || !slices.Equal(c.DockerImages, []string{"a/x", "b/y"}) {
+		t.Errorf("got %+v", c)
+	}
+}
+
+func TestInvalid(t *testing.T) {
+	dir := t.TempDir()
+	unreadable := filepath.Join(dir, "images.enc")
+	if err := os.WriteFile(unreadable, []byte("x"), 0o000); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name string
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{"port too big", nil, []string{"-listen-addr", ":99999"}, "LISTEN_ADDR"},
+		{"no port", map[string]string{"LISTEN_ADDR": "localhost"}, nil, "LISTEN_ADDR"},
+		{"bad level", map[string]string{"LOG_LEVEL": "loud"}, nil, "LOG_LEVEL"},
+		{"bad format", nil, []string{"-log-format", "xml"}, "LOG_FORMAT"},
+		{"bad url", map[string]string{"RESOURCE_API_URL": "ftp://x"}, nil, "RESOURCE_API_URL"},
+		{"no images", nil, []string{"-docker-images", " , "}, "DOCKER_IMAGES"},
+		{"archive is a dir", nil, []string{"-images-path", dir}, "IMAGES_PATH"},
+	}
+	if os.Geteuid() != 0 { // root reads any file
+		cases = append(cases, struct {
+			name string
+			env  map[string]string
+			args []string
+			want string
+		}{"archive unreadable", nil, []string{"-images-path", unreadable}, "IMAGES_PATH"})
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := load(t, tc.env, tc.args...)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want one naming %s", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestMissingArchiveIsFine(t *testing.T) {
+	if _, err := load(t, nil, "-images-path", filepath.Join(t.TempDir(), "absent.enc")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSecretsNotInUsage(t *testing.T) {
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	var out strings.Builder
+	fs.SetOutput(&out)
+	Register(fs, func(k string) string {
+		if k == "LOADER_API_TOKEN" || k == "JWT_SECRET" {
+			return "s3cr3t-value"
+		}
+		return ""
+	})
+	fs.PrintDefaults()
+	if strings.Contains(out.String(), "s3cr3t-value") {
+		t.Fatalf("usage shows a secret:\n%s", out.String())
+	}
+	for _, name := range Names() {
+		if !strings.Contains(out.String(), name) {
+			t.Errorf("usage does not name %s", name)
+		}
+	}
+}
