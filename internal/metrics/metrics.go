@@ -1,0 +1,147 @@
+// Package metrics holds the loader's Prometheus collectors for the domain packages: model
+// traffic and cache use, upstream calls, re-logins and unlock runs. HTTP request metrics live
+// in httpapi. Every method is safe on a nil *Metrics, so packages can take one optionally.
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the loader's domain metrics.
+type Metrics struct {
+	bytesServed    prometheus.Counter
+	bytesDecrypted *prometheus.CounterVec
+	cache          *prometheus.CounterVec
+	cdnBytes       prometheus.Counter
+	upstream       *prometheus.CounterVec
+	relogins       prometheus.Counter
+	unlockRuns     *prometheus.CounterVec
+	unlockDuration prometheus.Histogram
+	unlockState    *prometheus.GaugeVec
+}
+
+// UnlockStates are the values the unlock state gauge is labelled with.
+var UnlockStates = []string{"idle", "authenticating", "downloading_key", "decrypting", "loading_images", "ready", "error"}
+
+// New creates the collectors and registers them with reg.
+func New(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		bytesServed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "azaion_loader_resource_bytes_served_total",
+			Help: "Decrypted resource bytes streamed to /load clients.",
+		}),
+		bytesDecrypted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "azaion_loader_bytes_decrypted_total",
+			Help: "Bytes decrypted, by what: resource or archive.",
+		}, []string{"what"}),
+		cache: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "azaion_loader_cache_lookups_total",
+			Help: "Big-part cache lookups, by result: hit or miss.",
+		}, []string{"result"}),
+		cdnBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "azaion_loader_cdn_download_bytes_total",
+			Help: "Bytes downloaded from the CDN into the cache.",
+		}),
+		upstream: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "azaion_loader_upstream_calls_total",
+			Help: "Calls to the Resource API, by endpoint and outcome.",
+		}, []string{"endpoint", "outcome"}),
+		relogins: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "azaion_loader_relogins_total",
+			Help: "Logins the loader made again by itself (token expiry, 401/403).",
+		}),
+		unlockRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "azaion_loader_unlock_runs_total",
+			Help: "Unlock workflow runs, by outcome: ready or error.",
+		}, []string{"outcome"}),
+		unlockDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "azaion_loader_unlock_duration_seconds",
+			Help:    "Duration of unlock workflow runs.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 12),
+		}),
+		unlockState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "azaion_loader_unlock_state",
+			Help: "1 for the unlock workflow's current state, 0 for the others.",
+		}, []string{"state"}),
+	}
+	reg.MustRegister(m.bytesServed, m.bytesDecrypted, m.cache, m.cdnBytes, m.upstream, m.relogins,
+		m.unlockRuns, m.unlockDuration, m.unlockState)
+	m.cache.WithLabelValues("hit")
+	m.cache.WithLabelValues("miss")
+	m.UnlockState("idle")
+	return m
+}
+
+// CacheHit counts a big part served from the cache.
+func (m *Metrics) CacheHit() {
+	if m != nil {
+		m.cache.WithLabelValues("hit").Inc()
+	}
+}
+
+// CacheMiss counts a big part that had to come from the CDN.
+func (m *Metrics) CacheMiss() {
+	if m != nil {
+		m.cache.WithLabelValues("miss").Inc()
+	}
+}
+
+// CDNDownloaded counts bytes fetched from the CDN.
+func (m *Metrics) CDNDownloaded(n int64) {
+	if m != nil {
+		m.cdnBytes.Add(float64(n))
+	}
+}
+
+// Served counts decrypted resource bytes streamed to a client.
+func (m *Metrics) Served(n int64) {
+	if m != nil {
+		m.bytesServed.Add(float64(n))
+		m.bytesDecrypted.WithLabelValues("resource").Add(float64(n))
+	}
+}
+
+// ArchiveDecrypted counts decrypted archive bytes sent to Docker.
+func (m *Metrics) ArchiveDecrypted(n int64) {
+	if m != nil {
+		m.bytesDecrypted.WithLabelValues("archive").Add(float64(n))
+	}
+}
+
+// UpstreamCall counts one Resource API call; outcome is e.g. "ok", "unauthorized", "unavailable".
+func (m *Metrics) UpstreamCall(endpoint, outcome string) {
+	if m != nil {
+		m.upstream.WithLabelValues(endpoint, outcome).Inc()
+	}
+}
+
+// Relogin counts a login the loader made again by itself.
+func (m *Metrics) Relogin() {
+	if m != nil {
+		m.relogins.Inc()
+	}
+}
+
+// UnlockFinished records a finished unlock run.
+func (m *Metrics) UnlockFinished(outcome string, d time.Duration) {
+	if m != nil {
+		m.unlockRuns.WithLabelValues(outcome).Inc()
+		m.unlockDuration.Observe(d.Seconds())
+	}
+}
+
+// UnlockState sets the current unlock state gauge.
+func (m *Metrics) UnlockState(state string) {
+	if m == nil {
+		return
+	}
+	for _, s := range UnlockStates {
+		v := 0.0
+		if s == state {
+			v = 1
+		}
+		m.unlockState.WithLabelValues(s).Set(v)
+	}
+}
