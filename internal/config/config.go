@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // DefaultImages are the Docker images an unlock must load (SPEC §6).
@@ -40,6 +41,11 @@ type Config struct {
 	DockerHost     string
 	JWTSecret      string // HS256 secret; when set (or JWTPublicKey) tokens are verified
 	JWTPublicKey   string // path of a PEM public key (RSA or ECDSA)
+	// UpstreamTimeout bounds connecting to the Resource API and waiting for its answer's
+	// headers (and any pause inside an answer); it never cuts a long, moving body.
+	UpstreamTimeout time.Duration
+	// CDNStallTimeout: a CDN download that delivers no byte this long is resumed.
+	CDNStallTimeout time.Duration
 }
 
 // setting is one row of the configuration table: a flag, its environment variable and default.
@@ -51,6 +57,17 @@ type setting struct {
 
 func str(p func(*Config) *string) func(*Config, string) error {
 	return func(c *Config, v string) error { *p(c) = v; return nil }
+}
+
+func duration(p func(*Config) *time.Duration) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("must be a positive duration such as 30s, got %q", v)
+		}
+		*p(c) = d
+		return nil
+	}
 }
 
 var settings = []setting{
@@ -117,6 +134,8 @@ var settings = []setting{
 	{"api-token", "LOADER_API_TOKEN", "", "bearer token required by every endpoint but /health (empty: none)", true, str(func(c *Config) *string { return &c.APIToken })},
 	{"docker-host", "DOCKER_HOST", "unix:///var/run/docker.sock", "Docker Engine API address", false, str(func(c *Config) *string { return &c.DockerHost })},
 	{"jwt-secret", "JWT_SECRET", "", "HS256 secret to verify Resource API tokens (empty: not verified)", true, str(func(c *Config) *string { return &c.JWTSecret })},
+	{"upstream-timeout", "UPSTREAM_TIMEOUT", "30s", "limit on connecting to the Resource API and waiting for its answer", false, duration(func(c *Config) *time.Duration { return &c.UpstreamTimeout })},
+	{"cdn-stall-timeout", "CDN_STALL_TIMEOUT", "30s", "a CDN download that delivers no byte this long is resumed from where it stopped", false, duration(func(c *Config) *time.Duration { return &c.CDNStallTimeout })},
 	{"jwt-public-key", "JWT_PUBLIC_KEY", "", "PEM public key file to verify Resource API tokens (empty: not verified)", false, str(func(c *Config) *string { return &c.JWTPublicKey })},
 }
 

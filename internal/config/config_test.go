@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func load(t *testing.T, env map[string]string, args ...string) (Config, error) {
@@ -32,6 +33,7 @@ func TestDefaults(t *testing.T) {
 		ResourceAPIURL: "https://api.azaion.com", ImagesPath: "/opt/azaion/images.enc", APIVersion: "latest",
 		DockerImages: DefaultImages, ModelCacheDir: "models", ListenAddr: ":8080", LogDir: "Logs",
 		LogLevel: slog.LevelInfo, LogFormat: "text", DockerHost: "unix:///var/run/docker.sock",
+		UpstreamTimeout: 30 * time.Second, CDNStallTimeout: 30 * time.Second,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got %+v\nwant %+v", c, want)
@@ -66,6 +68,7 @@ func TestInvalid(t *testing.T) {
 		{"bad level", map[string]string{"LOG_LEVEL": "loud"}, nil, "LOG_LEVEL"},
 		{"bad format", nil, []string{"-log-format", "xml"}, "LOG_FORMAT"},
 		{"bad url", map[string]string{"RESOURCE_API_URL": "ftp://x"}, nil, "RESOURCE_API_URL"},
+		{"bad timeout", map[string]string{"UPSTREAM_TIMEOUT": "soon"}, nil, "UPSTREAM_TIMEOUT"},
 		{"no images", nil, []string{"-docker-images", " , "}, "DOCKER_IMAGES"},
 		{"archive is a dir", nil, []string{"-images-path", dir}, "IMAGES_PATH"},
 	}

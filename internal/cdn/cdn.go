@@ -1,0 +1,266 @@
+// Package cdn is the client of the S3-compatible CDN that holds the big parts of the model
+// resources (SPEC §5).
+//
+// Downloads stream into an io.Writer and survive the links of edge devices: a connection that
+// breaks, or that delivers no byte for Options.StallTimeout, is resumed with a ranged request
+// from the last byte written, a bounded number of times, and never restarted from zero. A
+// ranged request carries the ETag of the first answer (If-Match), so a download never splices
+// two versions of an object together.
+//
+// Every error names the operation and the object, wraps one of ErrNotFound, ErrDenied or
+// ErrUnavailable when it is one of them, and never carries the access key or the secret.
+package cdn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+)
+
+// Defaults of Options.
+const (
+	DefaultStallTimeout = 30 * time.Second
+	DefaultMaxResumes   = 5
+	DefaultBackoff      = 500 * time.Millisecond
+	DefaultRegion       = "us-east-1"
+
+	// maxBackoff caps the doubling backoff between resumes (unless Options.Backoff is larger).
+	maxBackoff = 30 * time.Second
+
+	// partSize is the multipart part size of uploads; minio-go holds one part in memory when
+	// the reader is not an io.ReaderAt. 16 MiB × 10000 parts allows objects of 156 GiB of
+	// unknown size; a known larger size gets larger parts.
+	partSize = 16 << 20
+	maxParts = 10000
+
+	// copyBufferSize is the buffer a download copies through.
+	copyBufferSize = 32 << 10
+)
+
+// Config is where the CDN is and who we are to it: the "host" and one key pair of cdn.yaml.
+type Config struct {
+	// Endpoint is the cdn.yaml "host": "https://cdn.example.com", "http://127.0.0.1:9000" or a
+	// bare "host:port", which means https. The scheme decides TLS.
+	Endpoint  string
+	AccessKey string
+	SecretKey string
+	// Region signs the requests; empty means DefaultRegion. Setting it spares a
+	// bucket-location request before the first request to each bucket.
+	Region string
+}
+
+// Options tune the client; the zero value is ready to use.
+type Options struct {
+	// Transport carries the HTTP requests; nil means minio-go's default transport. Tests wrap it
+	// to count and inspect the requests.
+	Transport http.RoundTripper
+	// StallTimeout abandons a download attempt that delivers no byte for this long, and
+	// resumes it. Zero means DefaultStallTimeout.
+	StallTimeout time.Duration
+	// MaxResumes bounds the repeated requests of one call after a broken or stalled
+	// connection, a refused connection or a 5xx answer. Zero means DefaultMaxResumes, a
+	// negative value no repetition at all. It also bounds minio-go's own retries of the
+	// requests of Upload and Stat.
+	MaxResumes int
+	// Backoff is the first pause before a resume; it doubles while attempts make no progress,
+	// up to 30 s. Zero means DefaultBackoff.
+	Backoff time.Duration
+	// Logger receives a warning per resume; nil discards.
+	Logger *slog.Logger
+}
+
+// Client talks to one CDN endpoint with one key pair. It is safe for concurrent use.
+type Client struct {
+	get *minio.Core   // GETs of Download: no retries of its own, Download resumes instead
+	mc  *minio.Client // everything else: minio-go's retries, bounded by MaxResumes
+
+	accessKey, secretKey string // only to blank them out of error texts
+	endpoint             string // scheme://host, for logs
+
+	stall      time.Duration
+	maxResumes int
+	backoff    time.Duration
+	log        *slog.Logger
+
+	buckets sync.Map // bucket names known to exist, so Upload checks each only once
+}
+
+// New returns a client of the CDN at cfg.Endpoint. It sends no request: a wrong endpoint or
+// wrong keys show on the first call.
+func New(cfg Config, opts Options) (*Client, error) {
+	host, secure, err := parseEndpoint(cfg.Endpoint)
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{
+		accessKey:  cfg.AccessKey,
+		secretKey:  cfg.SecretKey,
+		stall:      opts.StallTimeout,
+		maxResumes: opts.MaxResumes,
+		backoff:    opts.Backoff,
+		log:        opts.Logger,
+	}
+	if secure {
+		c.endpoint = "https://" + host
+	} else {
+		c.endpoint = "http://" + host
+	}
+	if c.stall <= 0 {
+		c.stall = DefaultStallTimeout
+	}
+	switch {
+	case c.maxResumes == 0:
+		c.maxResumes = DefaultMaxResumes
+	case c.maxResumes < 0:
+		c.maxResumes = 0
+	}
+	if c.backoff <= 0 {
+		c.backoff = DefaultBackoff
+	}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	region := cfg.Region
+	if region == "" {
+		region = DefaultRegion
+	}
+	transport := opts.Transport
+	if transport == nil {
+		// One transport for both minio clients, so they share the connection pool.
+		t, err := minio.DefaultTransport(secure)
+		if err != nil {
+			return nil, fmt.Errorf("cdn: transport: %w", err)
+		}
+		transport = t
+	}
+	mopts := func(retries int) *minio.Options {
+		return &minio.Options{
+			Creds:        credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, ""),
+			Secure:       secure,
+			Transport:    transport,
+			Region:       region,
+			BucketLookup: minio.BucketLookupPath,
+			MaxRetries:   retries,
+		}
+	}
+	get, err := minio.NewCore(host, mopts(1))
+	if err != nil {
+		return nil, fmt.Errorf("cdn: endpoint %q: %s", c.endpoint, c.redact(err.Error()))
+	}
+	mc, err := minio.New(host, mopts(1+c.maxResumes))
+	if err != nil {
+		return nil, fmt.Errorf("cdn: endpoint %q: %s", c.endpoint, c.redact(err.Error()))
+	}
+	c.get, c.mc = get, mc
+	return c, nil
+}
+
+// parseEndpoint splits a cdn.yaml host into host[:port] and whether it speaks TLS.
+func parseEndpoint(endpoint string) (host string, secure bool, err error) {
+	endpoint = strings.TrimSpace(endpoint)
+	if endpoint == "" {
+		return "", false, errors.New("cdn: empty endpoint")
+	}
+	if !strings.Contains(endpoint, "://") {
+		endpoint = "https://" + endpoint
+	}
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		// url.Error quotes the whole input, which may hold credentials: say less.
+		return "", false, errors.New("cdn: endpoint is not a URL or host:port")
+	}
+	switch {
+	case u.User != nil:
+		return "", false, errors.New("cdn: endpoint must not carry credentials")
+	case u.Scheme != "http" && u.Scheme != "https":
+		return "", false, fmt.Errorf("cdn: endpoint %q: scheme must be http or https", endpoint)
+	case u.Host == "" || u.Hostname() == "":
+		return "", false, fmt.Errorf("cdn: endpoint %q: no host", endpoint)
+	case u.Path != "" && u.Path != "/", u.RawQuery != "", u.Fragment != "":
+		return "", false, fmt.Errorf("cdn: endpoint %q: must be scheme://host[:port] without a path", endpoint)
+	}
+	return u.Host, u.Scheme == "https", nil
+}
+
+// Endpoint returns the scheme and host the client talks to, for logs and messages.
+func (c *Client) Endpoint() string { return c.endpoint }
+
+// Stat returns the size and ETag of bucket/object.
+func (c *Client) Stat(ctx context.Context, bucket, object string) (size int64, etag string, err error) {
+	info, err := c.mc.StatObject(ctx, bucket, object, minio.StatObjectOptions{})
+	if err != nil {
+		return 0, "", c.fail(ctx, "stat", bucket, object, nil, "", err)
+	}
+	return info.Size, info.ETag, nil
+}
+
+// Upload streams size bytes of r into bucket/object; size -1 means unknown, read to EOF.
+// Memory stays bounded: the object goes up in parts of at least 16 MiB, one part buffered at a
+// time (none when r is an io.ReaderAt of known size). It creates the bucket when it does not
+// exist; if the credentials may not create it, the error is ErrDenied. An interrupted upload
+// cannot be repeated from here (r is consumed): it fails and the caller decides.
+func (c *Client) Upload(ctx context.Context, bucket, object string, r io.Reader, size int64) error {
+	if size < -1 {
+		return fmt.Errorf("upload %s/%s: invalid size %d", bucket, object, size)
+	}
+	if err := c.ensureBucket(ctx, bucket); err != nil {
+		return c.fail(ctx, "upload", bucket, object, nil, "create bucket", err)
+	}
+	ps := uint64(partSize)
+	if size > partSize*maxParts {
+		ps = uint64((size + maxParts - 1) / maxParts)
+		ps = (ps + 1<<20 - 1) &^ (1<<20 - 1) // whole MiB
+	}
+	info, err := c.mc.PutObject(ctx, bucket, object, r, size, minio.PutObjectOptions{
+		ContentType: "application/octet-stream",
+		PartSize:    ps,
+	})
+	if err != nil {
+		return c.fail(ctx, "upload", bucket, object, nil, "", err)
+	}
+	if size >= 0 && info.Size != size {
+		return c.fail(ctx, "upload", bucket, object, ErrUnavailable, "",
+			fmt.Errorf("CDN stored %d bytes, sent %d", info.Size, size))
+	}
+	c.log.DebugContext(ctx, "cdn upload done", "endpoint", c.endpoint, "bucket", bucket,
+		"object", object, "bytes", info.Size)
+	return nil
+}
+
+// ensureBucket creates bucket unless it exists. When the credentials may not look the bucket
+// up, it assumes it exists and lets the upload itself tell.
+func (c *Client) ensureBucket(ctx context.Context, bucket string) error {
+	if _, ok := c.buckets.Load(bucket); ok {
+		return nil
+	}
+	exists, err := c.mc.BucketExists(ctx, bucket)
+	if err != nil {
+		if k, _ := kind(err); k == ErrDenied {
+			return nil
+		}
+		return err
+	}
+	if !exists {
+		err := c.mc.MakeBucket(ctx, bucket, minio.MakeBucketOptions{})
+		if err != nil {
+			code := minio.ToErrorResponse(err).Code
+			if code != "BucketAlreadyOwnedByYou" && code != "BucketAlreadyExists" {
+				return err
+			}
+		} else {
+			c.log.InfoContext(ctx, "cdn bucket created", "endpoint", c.endpoint, "bucket", bucket)
+		}
+	}
+	c.buckets.Store(bucket, struct{}{})
+	return nil
+}

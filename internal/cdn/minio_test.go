@@ -1,0 +1,671 @@
+package cdn_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	mathrand "math/rand/v2"
+	"net"
+	"net/http"
+	"regexp"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/azaion/loader/internal/cdn"
+	"github.com/azaion/loader/internal/testenv"
+)
+
+// --- helpers -------------------------------------------------------------------------------
+
+// payload returns n deterministic pseudo-random bytes.
+func payload(n int, seed uint64) []byte {
+	r := mathrand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), 42})
+	b := make([]byte, n)
+	_, _ = r.Read(b)
+	return b
+}
+
+var nonBucketChars = regexp.MustCompile(`[^a-z0-9-]+`)
+
+// bucketName is a fresh bucket name for t (lowercase, 3–63 characters), removed with its
+// objects when t ends.
+func bucketName(t *testing.T, m testenv.MinIOServer) string {
+	t.Helper()
+	name := nonBucketChars.ReplaceAllString(strings.ToLower(t.Name()), "-")
+	name = strings.Trim(name, "-")
+	if len(name) > 40 {
+		name = name[:40]
+	}
+	suffix := make([]byte, 4)
+	_, _ = rand.Read(suffix)
+	bucket := strings.Trim("cdn-"+name, "-") + "-" + hex.EncodeToString(suffix)
+	t.Cleanup(func() { removeBucket(t, m, bucket) })
+	return bucket
+}
+
+func adminClient(t *testing.T, m testenv.MinIOServer) *minio.Client {
+	t.Helper()
+	mc, err := minio.New(m.Endpoint, &minio.Options{
+		Creds:  credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""),
+		Region: "us-east-1",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mc
+}
+
+func removeBucket(t *testing.T, m testenv.MinIOServer, bucket string) {
+	ctx := context.Background()
+	mc := adminClient(t, m)
+	if ok, err := mc.BucketExists(ctx, bucket); err != nil || !ok {
+		return
+	}
+	for obj := range mc.ListObjects(ctx, bucket, minio.ListObjectsOptions{Recursive: true}) {
+		if obj.Err == nil {
+			_ = mc.RemoveObject(ctx, bucket, obj.Key, minio.RemoveObjectOptions{})
+		}
+	}
+	if err := mc.RemoveBucket(ctx, bucket); err != nil {
+		t.Logf("remove bucket %s: %v", bucket, err)
+	}
+}
+
+func newTransport(t *testing.T) *http.Transport {
+	t.Helper()
+	tr, err := minio.DefaultTransport(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	return tr
+}
+
+// newClient is a cdn.Client of the test MinIO, or of endpoint (host:port) when not empty.
+func newClient(t *testing.T, m testenv.MinIOServer, endpoint string, opts cdn.Options) *cdn.Client {
+	t.Helper()
+	if endpoint == "" {
+		endpoint = m.Endpoint
+	}
+	if opts.Transport == nil {
+		opts.Transport = newTransport(t)
+	}
+	c, err := cdn.New(cdn.Config{Endpoint: "http://" + endpoint, AccessKey: m.AccessKey, SecretKey: m.SecretKey}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// put uploads data as bucket/object through a direct client.
+func put(t *testing.T, m testenv.MinIOServer, bucket, object string, data []byte) {
+	t.Helper()
+	if err := newClient(t, m, "", cdn.Options{}).Upload(t.Context(), bucket, object, bytes.NewReader(data), int64(len(data))); err != nil {
+		t.Fatalf("upload: %v", err)
+	}
+}
+
+func checkSame(t *testing.T, got, want []byte) {
+	t.Helper()
+	if !bytes.Equal(got, want) {
+		i := 0
+		for i < len(got) && i < len(want) && got[i] == want[i] {
+			i++
+		}
+		t.Fatalf("downloaded %d bytes, want %d; first difference at byte %d", len(got), len(want), i)
+	}
+}
+
+// request is what recordingTransport saw of one request.
+type request struct {
+	method, path, rangeHeader, ifMatch string
+	received                           atomic.Int64 // body bytes the client read
+}
+
+// recordingTransport records every request and counts the body bytes the client reads.
+type recordingTransport struct {
+	base http.RoundTripper
+	mu   sync.Mutex
+	reqs []*request
+}
+
+func (rt *recordingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	r := &request{method: req.Method, path: req.URL.Path, rangeHeader: req.Header.Get("Range"), ifMatch: req.Header.Get("If-Match")}
+	rt.mu.Lock()
+	rt.reqs = append(rt.reqs, r)
+	rt.mu.Unlock()
+	resp, err := rt.base.RoundTrip(req)
+	if err == nil {
+		resp.Body = &countingBody{ReadCloser: resp.Body, n: &r.received}
+	}
+	return resp, err
+}
+
+func (rt *recordingTransport) requests() []*request {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	return append([]*request(nil), rt.reqs...)
+}
+
+type countingBody struct {
+	io.ReadCloser
+	n *atomic.Int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(n))
+	return n, err
+}
+
+// checkRanged asserts that the first request asked for the whole object and every later one
+// for the rest from exactly the bytes received before, with the ETag of the first answer.
+func checkRanged(t *testing.T, reqs []*request, etag string) {
+	t.Helper()
+	var received int64
+	for i, r := range reqs {
+		if r.method != http.MethodGet {
+			t.Errorf("request %d: %s %s, want only GETs", i, r.method, r.path)
+		}
+		if i == 0 {
+			if r.rangeHeader != "" {
+				t.Errorf("request 0: Range %q, want none", r.rangeHeader)
+			}
+		} else {
+			want := fmt.Sprintf("bytes=%d-", received)
+			if received == 0 || r.rangeHeader != want {
+				t.Errorf("request %d: Range %q, want %q (never from zero)", i, r.rangeHeader, want)
+			}
+			if r.ifMatch != `"`+etag+`"` {
+				t.Errorf("request %d: If-Match %q, want %q", i, r.ifMatch, `"`+etag+`"`)
+			}
+		}
+		received += r.received.Load()
+	}
+}
+
+// proxy is a TCP proxy to MinIO that misbehaves on purpose: for its i-th connection,
+// policy(i) says after how many bytes of the answer to cut the connection (stall false) or to
+// stop forwarding while keeping it open (stall true); a negative limit forwards everything.
+type proxy struct {
+	ln     net.Listener
+	target string
+	policy func(i int) (limit int64, stall bool)
+
+	mu     sync.Mutex
+	conns  []net.Conn
+	n      int
+	closed chan struct{}
+	wg     sync.WaitGroup
+}
+
+func startProxy(t *testing.T, target string, policy func(i int) (int64, bool)) *proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, target: target, policy: policy, closed: make(chan struct{})}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(p.Close)
+	return p
+}
+
+func (p *proxy) Addr() string { return p.ln.Addr().String() }
+
+func (p *proxy) Close() {
+	p.mu.Lock()
+	select {
+	case <-p.closed:
+	default:
+		close(p.closed)
+		p.ln.Close()
+		for _, c := range p.conns {
+			c.Close()
+		}
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}
+
+func (p *proxy) track(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.closed:
+		c.Close()
+		return false
+	default:
+		p.conns = append(p.conns, c)
+		return true
+	}
+}
+
+func (p *proxy) accept() {
+	defer p.wg.Done()
+	for {
+		client, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		if !p.track(client) {
+			return
+		}
+		p.mu.Lock()
+		i := p.n
+		p.n++
+		p.mu.Unlock()
+		p.wg.Add(1)
+		go p.serve(client, i)
+	}
+}
+
+func (p *proxy) serve(client net.Conn, i int) {
+	defer p.wg.Done()
+	defer client.Close()
+	limit, stall := p.policy(i)
+	server, err := net.Dial("tcp", p.target)
+	if err != nil || !p.track(server) {
+		return
+	}
+	defer server.Close()
+	upDone := make(chan struct{})
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer close(upDone)
+		_, _ = io.Copy(server, client)
+		// The client went away: so does the connection to MinIO, ending the copy below.
+		server.Close()
+	}()
+	if limit < 0 {
+		_, _ = io.Copy(client, server)
+	} else {
+		_, _ = io.CopyN(client, server, limit)
+		if stall {
+			// Hold the connection open, silent, until the client or the test gives up.
+			select {
+			case <-upDone:
+			case <-p.closed:
+			}
+		}
+	}
+	client.Close()
+	<-upDone
+}
+
+// cutAfter cuts the first len(limits) connections after limits[i] bytes.
+func cutAfter(limits ...int64) func(int) (int64, bool) {
+	return func(i int) (int64, bool) {
+		if i < len(limits) {
+			return limits[i], false
+		}
+		return -1, false
+	}
+}
+
+// --- tests ---------------------------------------------------------------------------------
+
+func TestUploadDownloadRoundTrip(t *testing.T) {
+	m := testenv.MinIO(t)
+	bucket := bucketName(t, m) // not created: the first Upload creates it
+	c := newClient(t, m, "", cdn.Options{})
+	ctx := t.Context()
+	for _, tc := range []struct {
+		name   string
+		size   int
+		known  bool
+		reader func([]byte) io.Reader
+	}{
+		{"empty", 0, true, func(b []byte) io.Reader { return bytes.NewReader(b) }},
+		{"one", 1, true, func(b []byte) io.Reader { return bytes.NewReader(b) }},
+		{"5MiB+7", 5<<20 + 7, true, func(b []byte) io.Reader { return bytes.NewReader(b) }},
+		{"5MiB+7-stream", 5<<20 + 7, true, func(b []byte) io.Reader { return struct{ io.Reader }{bytes.NewReader(b)} }},
+		{"20MiB+3-unknown-size", 20<<20 + 3, false, func(b []byte) io.Reader { return struct{ io.Reader }{bytes.NewReader(b)} }},
+		{"17MiB-known-stream", 17 << 20, true, func(b []byte) io.Reader { return struct{ io.Reader }{bytes.NewReader(b)} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			data := payload(tc.size, uint64(tc.size))
+			object := tc.name + ".big"
+			size := int64(len(data))
+			if !tc.known {
+				size = -1
+			}
+			if err := c.Upload(ctx, bucket, object, tc.reader(data), size); err != nil {
+				t.Fatalf("Upload: %v", err)
+			}
+			gotSize, etag, err := c.Stat(ctx, bucket, object)
+			if err != nil || gotSize != int64(len(data)) || etag == "" {
+				t.Fatalf("Stat = %d, %q, %v; want %d, an ETag", gotSize, etag, err, len(data))
+			}
+			var buf bytes.Buffer
+			n, err := c.Download(ctx, bucket, object, &buf)
+			if err != nil {
+				t.Fatalf("Download: %v", err)
+			}
+			if n != int64(len(data)) {
+				t.Errorf("Download = %d bytes, want %d", n, len(data))
+			}
+			checkSame(t, buf.Bytes(), data)
+		})
+	}
+}
+
+func TestNotFound(t *testing.T) {
+	m := testenv.MinIO(t)
+	bucket := bucketName(t, m)
+	put(t, m, bucket, "present", []byte("x"))
+	c := newClient(t, m, "", cdn.Options{})
+	ctx := t.Context()
+	for _, tc := range []struct{ bucket, object string }{
+		{bucket, "missing"},
+		{bucket + "-missing", "missing"},
+	} {
+		var buf bytes.Buffer
+		n, err := c.Download(ctx, tc.bucket, tc.object, &buf)
+		if !errors.Is(err, cdn.ErrNotFound) || n != 0 || buf.Len() != 0 {
+			t.Errorf("Download %s/%s = %d, %v; want 0, ErrNotFound", tc.bucket, tc.object, n, err)
+		}
+		if err != nil && !strings.HasPrefix(err.Error(), "download "+tc.bucket+"/"+tc.object+": ") {
+			t.Errorf("error %q does not name the download", err)
+		}
+		if _, _, err := c.Stat(ctx, tc.bucket, tc.object); !errors.Is(err, cdn.ErrNotFound) {
+			t.Errorf("Stat %s/%s: %v, want ErrNotFound", tc.bucket, tc.object, err)
+		}
+	}
+}
+
+func TestWrongCredentials(t *testing.T) {
+	m := testenv.MinIO(t)
+	bucket := bucketName(t, m)
+	put(t, m, bucket, "present", []byte("x"))
+	ctx := t.Context()
+	const wrongSecret = "not-the-secret-Zq83xK"
+	for _, tc := range []struct{ name, access, secret string }{
+		{"wrong-secret", m.AccessKey, wrongSecret},
+		{"unknown-access-key", "unknown-access-key-Pw71", wrongSecret},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := cdn.New(cdn.Config{Endpoint: "http://" + m.Endpoint, AccessKey: tc.access, SecretKey: tc.secret},
+				cdn.Options{Transport: newTransport(t), MaxResumes: 1, Backoff: 10 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, dlErr := c.Download(ctx, bucket, "present", io.Discard)
+			_, _, statErr := c.Stat(ctx, bucket, "present")
+			upErr := c.Upload(ctx, bucket, "new", strings.NewReader("data"), 4)
+			upNewBucketErr := c.Upload(ctx, bucket+"-new", "new", strings.NewReader("data"), 4)
+			for name, err := range map[string]error{"Download": dlErr, "Stat": statErr, "Upload": upErr, "Upload new bucket": upNewBucketErr} {
+				if !errors.Is(err, cdn.ErrDenied) {
+					t.Errorf("%s: %v, want ErrDenied", name, err)
+					continue
+				}
+				for _, secret := range []string{tc.secret, m.SecretKey, tc.access} {
+					if strings.Contains(err.Error(), secret) {
+						t.Errorf("%s: error %q shows a credential", name, err)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestClosedPortIsUnavailable(t *testing.T) {
+	m := testenv.MinIOServer{AccessKey: "access-key-Kd81", SecretKey: "secret-key-Lm02xx"}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	c := newClient(t, m, addr, cdn.Options{MaxResumes: 2, Backoff: 10 * time.Millisecond})
+	ctx := t.Context()
+	start := time.Now()
+	_, dlErr := c.Download(ctx, "bucket", "object", io.Discard)
+	_, _, statErr := c.Stat(ctx, "bucket", "object")
+	upErr := c.Upload(ctx, "bucket", "object", strings.NewReader("data"), 4)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("took %v to give up on a closed port", d)
+	}
+	for name, err := range map[string]error{"Download": dlErr, "Stat": statErr, "Upload": upErr} {
+		if !errors.Is(err, cdn.ErrUnavailable) {
+			t.Errorf("%s: %v, want ErrUnavailable", name, err)
+		} else if strings.Contains(err.Error(), m.SecretKey) || strings.Contains(err.Error(), m.AccessKey) {
+			t.Errorf("%s: error %q shows a credential", name, err)
+		}
+	}
+}
+
+func TestResumeAfterBrokenConnection(t *testing.T) {
+	m := testenv.MinIO(t)
+	bucket := bucketName(t, m)
+	data := payload(8<<20, 8)
+	put(t, m, bucket, "model.big", data)
+	c0 := newClient(t, m, "", cdn.Options{})
+	_, etag, err := c0.Stat(t.Context(), bucket, "model.big")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	p := startProxy(t, m.Endpoint, cutAfter(1<<20, 2<<20+12345))
+	rt := &recordingTransport{base: newTransport(t)}
+	var logs bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	c := newClient(t, m, p.Addr(), cdn.Options{Transport: rt, Backoff: 10 * time.Millisecond, Logger: logger})
+	var buf bytes.Buffer
+	n, err := c.Download(t.Context(), bucket, "model.big", &buf)
+	if err != nil {
+		t.Fatalf("Download: %v", err)
+	}
+	if n != int64(len(data)) {
+		t.Errorf("Download = %d, want %d", n, len(data))
+	}
+	checkSame(t, buf.Bytes(), data)
+	reqs := rt.requests()
+	if len(reqs) != 3 {
+		t.Errorf("%d requests, want 3 (one per connection cut, plus the first)", len(reqs))
+	}
+	checkRanged(t, reqs, etag)
+	if got := strings.Count(logs.String(), "resuming"); got != 2 {
+		t.Errorf("%d resume warnings, want 2:\n%s", got, logs.String())
+	}
+	if strings.Contains(logs.String(), m.SecretKey) {
+		t.Errorf("the log shows the secret key:\n%s", logs.String())
+	}
+}
+
+func TestResumeAfterStall(t *testing.T) {
+	m := testenv.MinIO(t)
+	bucket := bucketName(t, m)
+	data := payload(4<<20, 4)
+	put(t, m, bucket, "model.big", data)
+	_, etag, err := newClient(t, m, "", cdn.Options{}).Stat(t.Context(), bucket, "model.big")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	p := startProxy(t, m.Endpoint, func(i int) (int64, bool) {
+		if i == 0 {
+			return 1 << 20, true
+		}
+		return -1, false
+	})
+	rt := &recordingTransport{base: newTransport(t)}
+	c := newClient(t, m, p.Addr(), cdn.Options{Transport: rt, StallTimeout: 300 * time.Millisecond, Backoff: 10 * time.Millisecond})
+	var buf bytes.Buffer
+	start := time.Now()
+	n, err := c.Download(t.Context(), bucket, "model.big", &buf)
+	elapsed := time.Since(start)
+	if err != nil {
+		t.Fatalf("Download: %v", err)
+	}
+	if n != int64(len(data)) {
+		t.Errorf("Download = %d, want %d", n, len(data))
+	}
+	checkSame(t, buf.Bytes(), data)
+	if elapsed < 300*time.Millisecond || elapsed > 5*time.Second {
+		t.Errorf("download with one stall took %v, want about the 300ms stall timeout", elapsed)
+	}
+	reqs := rt.requests()
+	if len(reqs) < 2 { // more only if a slow machine paused a resumed attempt for 300ms as well
+		t.Errorf("%d requests, want 2", len(reqs))
+	}
+	checkRanged(t, reqs, etag)
+}
+
+func TestTooManyBreaks(t *testing.T) {
+	m := testenv.MinIO(t)
+	bucket := bucketName(t, m)
+	data := payload(4<<20, 5)
+	put(t, m, bucket, "model.big", data)
+	_, etag, err := newClient(t, m, "", cdn.Options{}).Stat(t.Context(), bucket, "model.big")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	p := startProxy(t, m.Endpoint, func(int) (int64, bool) { return 256 << 10, false })
+	rt := &recordingTransport{base: newTransport(t)}
+	c := newClient(t, m, p.Addr(), cdn.Options{Transport: rt, MaxResumes: 3, Backoff: 5 * time.Millisecond})
+	var buf bytes.Buffer
+	n, err := c.Download(t.Context(), bucket, "model.big", &buf)
+	if !errors.Is(err, cdn.ErrUnavailable) {
+		t.Fatalf("Download: %v, want ErrUnavailable", err)
+	}
+	t.Logf("error: %v", err)
+	if n != int64(buf.Len()) || n == 0 || n >= int64(len(data)) {
+		t.Errorf("Download = %d bytes, wrote %d, want the same, between 0 and %d", n, buf.Len(), len(data))
+	}
+	checkSame(t, buf.Bytes(), data[:buf.Len()])
+	reqs := rt.requests()
+	if len(reqs) != 4 {
+		t.Errorf("%d requests, want 4 (the first and 3 resumes)", len(reqs))
+	}
+	checkRanged(t, reqs, etag)
+}
+
+func TestObjectChangedMidDownload(t *testing.T) {
+	m := testenv.MinIO(t)
+	bucket := bucketName(t, m)
+	put(t, m, bucket, "model.big", payload(4<<20, 6))
+	direct := newClient(t, m, "", cdn.Options{})
+	replaced := payload(4<<20, 7)
+
+	p := startProxy(t, m.Endpoint, func(i int) (int64, bool) {
+		if i == 0 {
+			return 1 << 20, false
+		}
+		if i == 1 { // before the resume reaches MinIO, replace the object
+			if err := direct.Upload(context.Background(), bucket, "model.big", bytes.NewReader(replaced), int64(len(replaced))); err != nil {
+				t.Errorf("replace the object: %v", err)
+			}
+		}
+		return -1, false
+	})
+	rt := &recordingTransport{base: newTransport(t)}
+	c := newClient(t, m, p.Addr(), cdn.Options{Transport: rt, Backoff: 10 * time.Millisecond})
+	_, err := c.Download(t.Context(), bucket, "model.big", io.Discard)
+	if !errors.Is(err, cdn.ErrChanged) || !errors.Is(err, cdn.ErrUnavailable) {
+		t.Fatalf("Download: %v, want ErrChanged", err)
+	}
+	if reqs := rt.requests(); len(reqs) != 2 {
+		t.Errorf("%d requests, want 2: a changed object is not retried", len(reqs))
+	}
+}
+
+func TestCancel(t *testing.T) {
+	m := testenv.MinIO(t)
+	bucket := bucketName(t, m)
+	put(t, m, bucket, "model.big", payload(4<<20, 9))
+
+	for _, tc := range []struct {
+		name   string
+		policy func(int) (int64, bool)
+		opts   cdn.Options
+	}{
+		{"while-stalled", func(int) (int64, bool) { return 512 << 10, true }, cdn.Options{StallTimeout: time.Minute}},
+		{"during-backoff", cutAfter(512 << 10), cdn.Options{Backoff: time.Minute}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := startProxy(t, m.Endpoint, tc.policy)
+			c := newClient(t, m, p.Addr(), tc.opts)
+			ctx, cancel := context.WithCancel(t.Context())
+			time.AfterFunc(300*time.Millisecond, cancel)
+			start := time.Now()
+			n, err := c.Download(ctx, bucket, "model.big", io.Discard)
+			if elapsed := time.Since(start); elapsed > 2*time.Second {
+				t.Errorf("Download returned %v after the start, want promptly after the cancel at 300ms", elapsed)
+			}
+			if !errors.Is(err, context.Canceled) || errors.Is(err, cdn.ErrUnavailable) {
+				t.Errorf("Download: %v, want context.Canceled only", err)
+			}
+			if n == 0 {
+				t.Errorf("Download = 0 bytes, want the bytes written before the cancel")
+			}
+		})
+	}
+}
+
+func TestNoGoroutineLeak(t *testing.T) {
+	m := testenv.MinIO(t)
+	bucket := bucketName(t, m)
+	data := payload(2<<20, 10)
+	put(t, m, bucket, "model.big", data)
+
+	tr, err := minio.DefaultTransport(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	baseline := runtime.NumGoroutine()
+	p := startProxy(t, m.Endpoint, func(i int) (int64, bool) {
+		switch i {
+		case 0:
+			return 300 << 10, false // cut
+		case 1:
+			return 300 << 10, true // stall
+		case 3:
+			return 100 << 10, true // stall until cancelled
+		}
+		return -1, false
+	})
+	c := newClient(t, m, p.Addr(), cdn.Options{Transport: tr, StallTimeout: 200 * time.Millisecond, Backoff: 5 * time.Millisecond})
+	var buf bytes.Buffer
+	if _, err := c.Download(t.Context(), bucket, "model.big", &buf); err != nil {
+		t.Fatalf("Download: %v", err)
+	}
+	checkSame(t, buf.Bytes(), data)
+
+	tr.CloseIdleConnections() // so the next download takes a new connection, the stalling one
+	c2 := newClient(t, m, p.Addr(), cdn.Options{Transport: tr, StallTimeout: time.Minute})
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := c2.Download(ctx, bucket, "model.big", io.Discard); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Download: %v, want DeadlineExceeded", err)
+	}
+
+	// Once the client let go of every connection, the proxy is back to its accept loop: any
+	// connection left open (a body not closed, an attempt not cancelled) shows as its
+	// goroutines and the client transport's.
+	tr.CloseIdleConnections()
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > baseline+1 {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines, %d before the downloads plus the proxy's accept loop:\n%s",
+				runtime.NumGoroutine(), baseline, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
