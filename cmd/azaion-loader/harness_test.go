@@ -1,0 +1,242 @@
+package main
+
+import (
+	"bytes"
+
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/azaion/loader/internal/config"
+	"github.com/azaion/loader/internal/refapi"
+	"github.com/azaion/loader/internal/testenv"
+)
+
+// The account every end-to-end test logs in with. The password is recognisable so tests can
+// assert it never reaches a log.
+const (
+	testEmail    = "operator@azaion.test"
+	testPassword = "Pa55-w0rd-NEVER-LOGGED"
+)
+
+// envOptions choose the real parts an end-to-end test needs.
+type envOptions struct {
+	minio         bool          // CDN settings point at the test MinIO (else at a closed port)
+	docker        bool          // DOCKER_HOST is the test dockerd (else a socket that does not exist)
+	apiToken      string        // LOADER_API_TOKEN
+	tokenLifetime time.Duration // of the reference API's JWTs
+	upstreamWait  time.Duration // UPSTREAM_TIMEOUT
+	cdn           *refapi.CDNSettings
+	images        []string
+	tag           string
+	imagesPath    string
+	configure     func(*config.Config)
+}
+
+// testEnv is a loader wired exactly as `serve` wires it, in front of the reference Resource API,
+// both over real HTTP on loopback.
+type testEnv struct {
+	t        *testing.T
+	ref      *refapi.Server
+	refSrv   *httptest.Server
+	loader   *loader
+	srv      *httptest.Server
+	cfg      config.Config
+	logs     *syncBuffer
+	fragment []byte
+	minio    testenv.MinIOServer
+}
+
+func newTestEnv(t *testing.T, o envOptions) *testEnv {
+	t.Helper()
+	e := &testEnv{t: t, logs: &syncBuffer{}}
+	cdn := refapi.CDNSettings{Host: "http://127.0.0.1:1", DownloaderAccessKey: "k", DownloaderAccessSecret: "s", UploaderAccessKey: "k", UploaderAccessSecret: "s"}
+	if o.minio {
+		e.minio = testenv.MinIO(t)
+		cdn = refapi.CDNSettings{
+			Host:                e.minio.URL(),
+			DownloaderAccessKey: e.minio.AccessKey, DownloaderAccessSecret: e.minio.SecretKey,
+			UploaderAccessKey: e.minio.AccessKey, UploaderAccessSecret: e.minio.SecretKey,
+		}
+	}
+	if o.cdn != nil {
+		cdn = *o.cdn
+	}
+	e.fragment = make([]byte, 48)
+	rand.Read(e.fragment)
+	var err error
+	e.ref, err = refapi.New(refapi.Config{
+		Users:         []refapi.User{{ID: "42", Email: testEmail, Password: testPassword, Role: "CompanionPC"}},
+		DataDir:       t.TempDir(),
+		JWTSecret:     []byte("test-secret"),
+		TokenLifetime: o.tokenLifetime,
+		KeyFragment:   e.fragment,
+		CDN:           cdn,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.refSrv = httptest.NewServer(e.ref)
+	t.Cleanup(e.refSrv.Close)
+
+	dir := t.TempDir()
+	e.cfg = config.Config{
+		ResourceAPIURL:  e.refSrv.URL,
+		ImagesPath:      filepath.Join(dir, "images.enc"),
+		APIVersion:      "latest",
+		DockerImages:    config.DefaultImages,
+		ModelCacheDir:   filepath.Join(dir, "models"),
+		LogDir:          filepath.Join(dir, "Logs"),
+		LogLevel:        slog.LevelDebug, // the most talkative level is where a secret would leak
+		LogFormat:       "text",
+		APIToken:        o.apiToken,
+		DockerHost:      "unix://" + filepath.Join(dir, "no-docker.sock"),
+		UpstreamTimeout: 5 * time.Second,
+		CDNStallTimeout: 2 * time.Second,
+	}
+	if o.upstreamWait > 0 {
+		e.cfg.UpstreamTimeout = o.upstreamWait
+	}
+	if o.docker {
+		e.cfg.DockerHost = testenv.DockerHost(t)
+	}
+	if o.images != nil {
+		e.cfg.DockerImages = o.images
+	}
+	if o.tag != "" {
+		e.cfg.APIVersion = o.tag
+	}
+	if o.imagesPath != "" {
+		e.cfg.ImagesPath = o.imagesPath
+	}
+	if o.configure != nil {
+		o.configure(&e.cfg)
+	}
+	e.loader, err = newLoader(e.cfg, e.logs, "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.srv = httptest.NewServer(e.loader.handler())
+	t.Cleanup(func() {
+		e.srv.Close()
+		e.loader.Close()
+	})
+	return e
+}
+
+// do sends a request to the loader and returns the status and body.
+func (e *testEnv) do(method, path string, body io.Reader, header ...string) (int, []byte) {
+	e.t.Helper()
+	req, err := http.NewRequest(method, e.srv.URL+path, body)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	if e.cfg.APIToken != "" && req.Header.Get("Authorization") == "" {
+		req.Header.Set("Authorization", "Bearer "+e.cfg.APIToken)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		e.t.Fatalf("%s %s: reading body: %v", method, path, err)
+	}
+	return resp.StatusCode, b
+}
+
+// postJSON posts v (a string is sent as is) to the loader.
+func (e *testEnv) postJSON(path string, v any) (int, []byte) {
+	e.t.Helper()
+	var body []byte
+	switch v := v.(type) {
+	case string:
+		body = []byte(v)
+	default:
+		body, _ = json.Marshal(v)
+	}
+	return e.do(http.MethodPost, path, bytes.NewReader(body), "Content-Type", "application/json")
+}
+
+// login logs the loader in as the test account and fails the test if that does not work.
+func (e *testEnv) login() {
+	e.t.Helper()
+	code, body := e.postJSON("/login", map[string]string{"email": testEmail, "password": testPassword})
+	if code != http.StatusOK {
+		e.t.Fatalf("login: %d %s", code, body)
+	}
+}
+
+// detail decodes the loader's error body {"detail": "..."}.
+func detail(t *testing.T, body []byte) string {
+	t.Helper()
+	var v struct {
+		Detail *string `json:"detail"`
+	}
+	if err := json.Unmarshal(body, &v); err != nil || v.Detail == nil {
+		t.Fatalf("error body is not {\"detail\": ...}: %q", body)
+	}
+	return *v.Detail
+}
+
+// assertNoSecrets fails if the loader's logs (stderr and files) hold a secret.
+func (e *testEnv) assertNoSecrets(extra ...string) {
+	e.t.Helper()
+	e.loader.logCloser.Close() // flush the day's file
+	all := e.logs.String() + readDir(e.t, e.cfg.LogDir)
+	for _, s := range append([]string{testPassword, fmt.Sprintf("%x", e.fragment)}, extra...) {
+		if s != "" && strings.Contains(all, s) {
+			e.t.Errorf("a secret %.6s… appears in the logs", s)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the concurrent writes of a logger.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// readDir returns the concatenated contents of the files in dir ("" if it does not exist).
+func readDir(t *testing.T, dir string) string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return ""
+	}
+	var b strings.Builder
+	for _, e := range entries {
+		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Write(data)
+	}
+	return b.String()
+}

@@ -1,0 +1,335 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/azaion/loader/internal/refapi"
+)
+
+func TestHealthAndStatusBeforeLogin(t *testing.T) {
+	e := newTestEnv(t, envOptions{})
+	code, body := e.do(http.MethodGet, "/health", nil)
+	if code != http.StatusOK || strings.TrimSpace(string(body)) != `{"status":"healthy"}` {
+		t.Fatalf("/health: %d %s", code, body)
+	}
+	st := e.status()
+	if st.Status != "healthy" || st.Authenticated || st.ModelCacheDir != e.cfg.ModelCacheDir {
+		t.Fatalf("/status before login: %+v", st)
+	}
+}
+
+type statusBody struct {
+	Status        string `json:"status"`
+	Authenticated bool   `json:"authenticated"`
+	ModelCacheDir string `json:"modelCacheDir"`
+	Email         string `json:"email"`
+	Role          string `json:"role"`
+}
+
+func (e *testEnv) status() statusBody {
+	e.t.Helper()
+	code, body := e.do(http.MethodGet, "/status", nil)
+	if code != http.StatusOK {
+		e.t.Fatalf("/status: %d %s", code, body)
+	}
+	var st statusBody
+	if err := json.Unmarshal(body, &st); err != nil {
+		e.t.Fatalf("/status body %q: %v", body, err)
+	}
+	return st
+}
+
+func TestLoginThroughReferenceAPI(t *testing.T) {
+	e := newTestEnv(t, envOptions{})
+	code, body := e.postJSON("/login", map[string]string{"email": testEmail, "password": testPassword})
+	if code != http.StatusOK || strings.TrimSpace(string(body)) != `{"status":"ok"}` {
+		t.Fatalf("login: %d %s", code, body)
+	}
+	st := e.status()
+	if !st.Authenticated || st.Email != testEmail || st.Role != "CompanionPC" {
+		t.Fatalf("/status after login: %+v", st)
+	}
+	// The login fetched cdn.yaml too: one login and one resources/get on the reference API.
+	if n := e.ref.Calls(refapi.EndpointLogin); n != 1 {
+		t.Errorf("reference API saw %d logins, want 1", n)
+	}
+	if n := e.ref.Calls(refapi.EndpointGet); n != 1 {
+		t.Errorf("reference API saw %d resources/get (cdn.yaml), want 1", n)
+	}
+	e.assertNoSecrets()
+}
+
+func TestLoginRejected(t *testing.T) {
+	e := newTestEnv(t, envOptions{})
+	for _, c := range []struct{ name, email, password string }{
+		{"wrong password", testEmail, "not-the-password"},
+		{"unknown user", "nobody@azaion.test", testPassword},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			code, body := e.postJSON("/login", map[string]string{"email": c.email, "password": c.password})
+			if code != http.StatusUnauthorized {
+				t.Fatalf("got %d %s, want 401", code, body)
+			}
+			if d := detail(t, body); d == "" {
+				t.Fatal("empty detail")
+			}
+			if e.status().Authenticated {
+				t.Fatal("/status says authenticated after a rejected login")
+			}
+		})
+	}
+}
+
+func TestLoginBadRequests(t *testing.T) {
+	e := newTestEnv(t, envOptions{})
+	cases := []struct {
+		name string
+		body string
+		want int
+	}{
+		{"empty body", "", 422},
+		{"empty object", "{}", 422},
+		{"missing password", `{"email":"a@b.c"}`, 422},
+		{"missing email", `{"password":"x"}`, 422},
+		{"empty email", `{"email":"","password":"x"}`, 422},
+		{"empty password", `{"email":"a@b.c","password":""}`, 422},
+		{"wrong type", `{"email":"a@b.c","password":123}`, 422},
+		{"not JSON", `email=a&password=b`, 422},
+		{"array", `[1,2]`, 422},
+		{"2 MiB body", `{"email":"a@b.c","password":"` + strings.Repeat("x", 2<<20) + `"}`, 413},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			code, body := e.postJSON("/login", c.body)
+			if code != c.want {
+				t.Fatalf("got %d %s, want %d", code, body, c.want)
+			}
+			detail(t, body)
+		})
+	}
+	if n := e.ref.Calls(refapi.EndpointLogin); n != 0 {
+		t.Errorf("bad requests reached the reference API %d times", n)
+	}
+}
+
+func TestLoginUpstreamDown(t *testing.T) {
+	e := newTestEnv(t, envOptions{})
+	e.refSrv.Close()
+	code, body := e.postJSON("/login", map[string]string{"email": testEmail, "password": testPassword})
+	if code != http.StatusBadGateway {
+		t.Fatalf("got %d %s, want 502", code, body)
+	}
+	if d := detail(t, body); !strings.Contains(d, "unreachable") {
+		t.Errorf("detail %q does not say the API is unreachable", d)
+	}
+	e.assertNoSecrets()
+}
+
+func TestLoginUpstreamBroken(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		handler http.HandlerFunc
+	}{
+		{"500", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "boom", http.StatusInternalServerError) }},
+		{"garbage", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("<html>not json</html>")) }},
+		{"token not a JWT", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			w.Write([]byte(`{"token":"abc.def"}`))
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newTestEnv(t, envOptions{})
+			broken := httptest.NewServer(c.handler)
+			defer broken.Close()
+			e.retarget(broken.URL)
+			code, body := e.postJSON("/login", map[string]string{"email": testEmail, "password": testPassword})
+			if code != http.StatusBadGateway {
+				t.Fatalf("got %d %s, want 502", code, body)
+			}
+			detail(t, body)
+		})
+	}
+}
+
+// retarget rebuilds the loader against another Resource API URL.
+func (e *testEnv) retarget(url string) {
+	e.t.Helper()
+	e.srv.Close()
+	e.loader.Close()
+	e.cfg.ResourceAPIURL = url
+	l, err := newLoader(e.cfg, e.logs, "/")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.loader = l
+	e.srv = httptest.NewServer(l.handler())
+}
+
+func TestLoginUpstreamNeverAnswers(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 16)
+	go func() { // accepts, never answers; stops when ln is closed
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- c
+		}
+	}()
+	defer func() {
+		ln.Close()
+		for c := range accepted {
+			c.Close()
+		}
+	}()
+	const timeout = 700 * time.Millisecond
+	e := newTestEnv(t, envOptions{upstreamWait: timeout})
+	e.retarget("http://" + ln.Addr().String())
+	start := time.Now()
+	code, body := e.postJSON("/login", map[string]string{"email": testEmail, "password": testPassword})
+	took := time.Since(start)
+	if code != http.StatusBadGateway {
+		t.Fatalf("got %d %s, want 502", code, body)
+	}
+	// Generous bound: the point is "an error, not a hang", not a timing measurement.
+	if took > 10*timeout {
+		t.Fatalf("took %v with a %v upstream timeout", took, timeout)
+	}
+}
+
+func TestTokenRenewedBeforeExpiry(t *testing.T) {
+	e := newTestEnv(t, envOptions{tokenLifetime: 2 * time.Second})
+	e.login()
+	if err := e.ref.PutResource("models", "hello.txt", strings.NewReader("x")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2500 * time.Millisecond) // the first token has expired
+	if _, err := e.loader.api.ListResources(t.Context(), "models"); err != nil {
+		t.Fatalf("call after expiry: %v", err)
+	}
+	if n := e.ref.Calls(refapi.EndpointLogin); n != 2 {
+		t.Fatalf("reference API saw %d logins, want 2 (the first and one renewal)", n)
+	}
+	if !e.status().Authenticated {
+		t.Fatal("not authenticated after renewal")
+	}
+}
+
+func TestUnauthorizedMidSessionReloginsOnce(t *testing.T) {
+	e := newTestEnv(t, envOptions{})
+	e.login()
+	e.ref.ResetCalls()
+	e.ref.RevokeTokens()
+	if _, err := e.loader.api.ListResources(t.Context(), "models"); err != nil {
+		t.Fatalf("call after revocation: %v", err)
+	}
+	if n := e.ref.Calls(refapi.EndpointLogin); n != 1 {
+		t.Errorf("re-logins = %d, want exactly 1", n)
+	}
+	if n := e.ref.Calls(refapi.EndpointList); n != 2 {
+		t.Errorf("list calls = %d, want 2 (the refused one and one repeat)", n)
+	}
+}
+
+func TestConcurrentLoginAndStatus(t *testing.T) {
+	e := newTestEnv(t, envOptions{})
+	var wg sync.WaitGroup
+	errs := make(chan string, 100)
+	for i := range 50 {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			body := fmt.Sprintf(`{"email":%q,"password":%q}`, testEmail, testPassword)
+			req, _ := http.NewRequest(http.MethodPost, e.srv.URL+"/login", strings.NewReader(body))
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				errs <- err.Error()
+				return
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				errs <- fmt.Sprintf("login %d: %d", i, resp.StatusCode)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			resp, err := http.Get(e.srv.URL + "/status")
+			if err != nil {
+				errs <- err.Error()
+				return
+			}
+			var st statusBody
+			err = json.NewDecoder(resp.Body).Decode(&st)
+			resp.Body.Close()
+			// Either state is fine mid-flight, but a half state (authenticated without an
+			// email) is not.
+			if err != nil || (st.Authenticated && st.Email != testEmail) {
+				errs <- fmt.Sprintf("status %d: %+v %v", i, st, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	if st := e.status(); !st.Authenticated || st.Email != testEmail || st.Role != "CompanionPC" {
+		t.Fatalf("final status %+v", st)
+	}
+}
+
+func TestAPITokenRequired(t *testing.T) {
+	const token = "loader-api-token-123"
+	e := newTestEnv(t, envOptions{apiToken: token})
+	routes := []struct{ method, path string }{
+		{"GET", "/status"}, {"POST", "/login"}, {"POST", "/load/a.bin"}, {"POST", "/upload/a.bin"},
+		{"POST", "/unlock"}, {"GET", "/unlock/status"}, {"GET", "/metrics"}, {"GET", "/openapi.json"},
+	}
+	for _, r := range routes {
+		for _, auth := range []string{"", "Bearer wrong", "Basic " + token, token} {
+			code, body := e.do(r.method, r.path, strings.NewReader("{}"), "Authorization", auth, "Content-Type", "application/json")
+			if auth == "" {
+				// do() adds the right token when none is given: send one explicitly empty.
+				req, _ := http.NewRequest(r.method, e.srv.URL+r.path, strings.NewReader("{}"))
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				code = resp.StatusCode
+			}
+			if code != http.StatusUnauthorized {
+				t.Errorf("%s %s with Authorization %q: %d %s, want 401", r.method, r.path, auth, code, body)
+			}
+		}
+	}
+	req, _ := http.NewRequest(http.MethodGet, e.srv.URL+"/health", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/health without token: %d, want 200", resp.StatusCode)
+	}
+	if code, _ := e.do(http.MethodGet, "/status", nil); code != http.StatusOK {
+		t.Errorf("/status with the token: %d", code)
+	}
+	e.login()
+	e.assertNoSecrets(token)
+}

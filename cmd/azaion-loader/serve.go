@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/azaion/loader/internal/cdn"
+	"github.com/azaion/loader/internal/config"
+	"github.com/azaion/loader/internal/docker"
+	"github.com/azaion/loader/internal/hardware"
+	"github.com/azaion/loader/internal/httpapi"
+	"github.com/azaion/loader/internal/logging"
+	"github.com/azaion/loader/internal/metrics"
+	"github.com/azaion/loader/internal/resourceapi"
+	"github.com/azaion/loader/internal/resources"
+	"github.com/azaion/loader/internal/unlock"
+)
+
+// shutdownGrace is how long in-flight requests (a long /load stream) may run after SIGTERM.
+const shutdownGrace = 30 * time.Second
+
+// loader is the wired service: every part the HTTP API and the unlock command use.
+type loader struct {
+	cfg       config.Config
+	log       *slog.Logger
+	logCloser io.Closer
+	api       *resourceapi.Client
+	resources *resources.Service
+	docker    *docker.Engine
+	unlock    *unlock.Unlocker
+	registry  *prometheus.Registry
+	metrics   *metrics.Metrics
+}
+
+// newLoader builds the service from its configuration. rootFS is where the hardware
+// fingerprint is read ("/" in production).
+func newLoader(cfg config.Config, stderr io.Writer, rootFS string) (*loader, error) {
+	log, closer, err := logging.New(logging.Options{Dir: cfg.LogDir, Level: cfg.LogLevel, JSON: cfg.LogFormat == "json", Stderr: stderr})
+	if err != nil {
+		return nil, err
+	}
+	l := &loader{cfg: cfg, log: log, logCloser: closer, registry: prometheus.NewRegistry()}
+	l.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	l.metrics = metrics.New(l.registry)
+
+	verifyKey, err := jwtVerifyKey(cfg)
+	if err != nil {
+		closer.Close()
+		return nil, err
+	}
+	l.api, err = resourceapi.New(cfg.ResourceAPIURL, hardware.Fingerprint(rootFS), resourceapi.Options{
+		Logger: log, VerifyKey: verifyKey, ConnectTimeout: cfg.UpstreamTimeout, HeaderTimeout: cfg.UpstreamTimeout,
+	})
+	if err != nil {
+		closer.Close()
+		return nil, err
+	}
+	l.resources = resources.New(l.api, resources.Options{
+		CacheDir: cfg.ModelCacheDir, Logger: log, Observer: l.metrics,
+		CDNOptions: cdn.Options{StallTimeout: cfg.CDNStallTimeout, Logger: log},
+	})
+	l.docker, err = docker.New(cfg.DockerHost)
+	if err != nil {
+		closer.Close()
+		return nil, err
+	}
+	l.unlock = unlock.New(unlock.Config{ArchivePath: cfg.ImagesPath, Images: cfg.DockerImages, Tag: cfg.APIVersion, Logger: log}, l.api, l.docker)
+	return l, nil
+}
+
+// jwtVerifyKey turns JWT_SECRET / JWT_PUBLIC_KEY into the key the Resource API client verifies
+// tokens with; nil means tokens are decoded unverified, as the seed did.
+func jwtVerifyKey(cfg config.Config) (any, error) {
+	switch {
+	case cfg.JWTSecret != "":
+		return []byte(cfg.JWTSecret), nil
+	case cfg.JWTPublicKey != "":
+		data, err := os.ReadFile(cfg.JWTPublicKey)
+		if err != nil {
+			return nil, fmt.Errorf("JWT_PUBLIC_KEY: %w", err)
+		}
+		block, _ := pem.Decode(data)
+		if block == nil {
+			return nil, fmt.Errorf("JWT_PUBLIC_KEY %s: no PEM block", cfg.JWTPublicKey)
+		}
+		key, err := x509.ParsePKIXPublicKey(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("JWT_PUBLIC_KEY %s: %w", cfg.JWTPublicKey, err)
+		}
+		return key, nil
+	}
+	return nil, nil
+}
+
+func (l *loader) handler() http.Handler {
+	return httpapi.New(httpapi.Config{
+		Auth:          authAdapter{l.api},
+		Resources:     l.resources,
+		Unlock:        l.unlock,
+		ModelCacheDir: l.cfg.ModelCacheDir,
+		APIToken:      l.cfg.APIToken,
+		Logger:        l.log,
+		Registry:      l.registry,
+		Gatherer:      l.registry,
+	})
+}
+
+func (l *loader) Close() {
+	l.unlock.Close()
+	l.docker.Close()
+	l.logCloser.Close()
+}
+
+// authAdapter shows the Resource API client's session the way the HTTP API reports it.
+type authAdapter struct{ c *resourceapi.Client }
+
+func (a authAdapter) Login(ctx context.Context, email, password string) error {
+	return a.c.Login(ctx, email, password)
+}
+
+func (a authAdapter) Session() (httpapi.Session, bool) {
+	u, ok := a.c.Session()
+	if !ok {
+		return httpapi.Session{}, false
+	}
+	return httpapi.Session{Email: u.Email, Role: u.Role.String()}, true
+}
+
+func runServe(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("serve", "serve [--dev] [flags]", stdout)
+	cl := config.Register(fs, getenv)
+	dev := fs.Bool("dev", false, "run with an in-process reference Resource API and S3 server on loopback, a demo user and a demo model (for trying the loader out)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg, err := cl.Load()
+	if err != nil {
+		return usageError{err}
+	}
+	var devEnv *devEnvironment
+	if *dev {
+		if devEnv, err = startDev(ctx, &cfg); err != nil {
+			return fmt.Errorf("dev mode: %w", err)
+		}
+		defer devEnv.Close()
+	}
+	l, err := newLoader(cfg, stderr, "/")
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+
+	ln, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	if devEnv != nil {
+		if err := devEnv.seed(ctx, l); err != nil {
+			ln.Close()
+			return fmt.Errorf("dev mode: %w", err)
+		}
+		devEnv.printTryOut(stdout, ln.Addr().String())
+	}
+	return serveHTTP(ctx, ln, l.handler(), l)
+}
+
+// serveHTTP serves until ctx is cancelled, then stops accepting, lets in-flight requests finish
+// within shutdownGrace and cancels a running unlock.
+func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler, l *loader) error {
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(l.log.Handler(), slog.LevelWarn),
+	}
+	l.log.Info("listening", "addr", ln.Addr().String(), "version", version, "resourceAPI", l.cfg.ResourceAPIURL)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	l.log.Info("shutting down", "grace", shutdownGrace.String())
+	l.unlock.Close() // a running unlock ends as "error: interrupted"
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+		l.log.Warn("in-flight requests cut at the end of the grace period", "err", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	l.log.Info("stopped")
+	return nil
+}
