@@ -1,0 +1,398 @@
+// Package resourceapi is the client of the upstream Azaion Resource API (SPEC §3): it logs in,
+// keeps the token fresh, fetches the CDN settings and downloads and uploads resources.
+//
+// The client holds the credentials in memory so that it can log in again on its own: before
+// the token expires, and once whenever the API answers 401 or 403. Nothing secret (password,
+// token, API key, hardware fingerprint, CDN keys) ever appears in an error or a log line.
+package resourceapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/azaion/loader/internal/security"
+)
+
+// User is who the token says is logged in.
+type User struct {
+	ID    string
+	Email string
+	Role  Role
+}
+
+// CDNSettings are the S3 CDN endpoint and key pairs from the API's cdn.yaml.
+type CDNSettings struct {
+	Host                   string `yaml:"host"`
+	DownloaderAccessKey    string `yaml:"downloader_access_key"`
+	DownloaderAccessSecret string `yaml:"downloader_access_secret"`
+	UploaderAccessKey      string `yaml:"uploader_access_key"`
+	UploaderAccessSecret   string `yaml:"uploader_access_secret"`
+}
+
+// Defaults for the zero values in Options.
+const (
+	DefaultConnectTimeout = 10 * time.Second
+	DefaultHeaderTimeout  = 30 * time.Second
+	DefaultRenewBefore    = time.Minute
+)
+
+// Options configure a Client. The zero value is usable.
+type Options struct {
+	// HTTPClient sends the requests. If nil, the client uses one whose transport limits the
+	// connect (ConnectTimeout) and the wait for response headers (HeaderTimeout). It sets no
+	// Client.Timeout on purpose: that would also cut a long but healthy body.
+	HTTPClient *http.Client
+	// ConnectTimeout bounds dialing and the TLS handshake; default DefaultConnectTimeout.
+	ConnectTimeout time.Duration
+	// HeaderTimeout bounds the wait for response headers and also any pause between body
+	// bytes, so a stalled answer fails instead of hanging; default DefaultHeaderTimeout.
+	HeaderTimeout time.Duration
+	// Logger receives the client's log lines; nil discards them.
+	Logger *slog.Logger
+	// VerifyKey, if set, is the key that token signatures must verify with: a []byte HMAC
+	// secret, an *rsa.PublicKey, an *ecdsa.PublicKey or an ed25519.PublicKey; a verified token
+	// must also carry the issuer "AzaionApi". If nil, claims are read without verification,
+	// as the seed did (the token arrives over TLS from the API).
+	VerifyKey any
+	// RenewBefore is how long before the token expires the client logs in again; default
+	// DefaultRenewBefore (never more than half the token's lifetime).
+	RenewBefore time.Duration
+	// Now returns the current time; nil means time.Now. Tests inject a clock here.
+	Now func() time.Time
+}
+
+// Client talks to one Resource API on behalf of one device. It is safe for concurrent use.
+//
+// Every call except Login needs a session: before the first successful Login it returns
+// ErrNotLoggedIn without contacting the API. A call answered 401 or 403 logs in again once
+// (concurrent callers share that login) and is repeated once; if the repeat is refused too, the
+// call returns ErrUnauthorized or ErrForbidden. 404 is ErrNotFound. No answer, a 5xx, another
+// unexpected status or an unusable body is ErrUnavailable, wrapping the cause (and ctx.Err()
+// when ctx ended). Errors name the call, e.g. "get models/a.small: ...".
+type Client struct {
+	base          string // without a trailing slash
+	hardware      string
+	hardwareHash  string
+	http          *http.Client
+	headerTimeout time.Duration
+	renewTimeout  time.Duration
+	renewBefore   time.Duration
+	verifier      verifier
+	log           *slog.Logger
+	now           func() time.Time
+
+	mu     sync.Mutex
+	sess   *session // nil until a Login succeeds; replaced, never modified
+	flight *renewal // the re-login in progress, if any
+}
+
+// session is one logged-in state. It is immutable once published, so a caller can keep using
+// the one it read while another goroutine replaces it.
+type session struct {
+	email, password string
+	apiKey          []byte // AES key that resources sent to this user on this device are encrypted with
+	token           string
+	user            User
+	expires         time.Time // on the local clock; zero if the token does not say
+	renewAt         time.Time // zero: never renew ahead of time
+	cdn             CDNSettings
+}
+
+// renewal is a re-login shared by every caller that found the same session stale.
+type renewal struct {
+	stale *session
+	done  chan struct{}
+	err   error
+}
+
+// New returns a client of the API at baseURL (for example "https://api.azaion.com") for the
+// device with the given hardware fingerprint string (SPEC §4).
+func New(baseURL, hardware string, opts Options) (*Client, error) {
+	u, err := url.Parse(baseURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("resourceapi: base URL %q is not an http(s) URL", baseURL)
+	}
+	if hardware == "" {
+		return nil, errors.New("resourceapi: empty hardware fingerprint")
+	}
+	v, err := newVerifier(opts.VerifyKey)
+	if err != nil {
+		return nil, err
+	}
+	connect := orDefault(opts.ConnectTimeout, DefaultConnectTimeout)
+	header := orDefault(opts.HeaderTimeout, DefaultHeaderTimeout)
+	c := &Client{
+		base:          strings.TrimRight(baseURL, "/"),
+		hardware:      hardware,
+		hardwareHash:  security.HardwareHash(hardware),
+		http:          opts.HTTPClient,
+		headerTimeout: header,
+		// A re-login is one small exchange; this bounds it when it runs detached from the
+		// caller that started it.
+		renewTimeout: 2 * (connect + header),
+		renewBefore:  orDefault(opts.RenewBefore, DefaultRenewBefore),
+		verifier:     v,
+		log:          opts.Logger,
+		now:          opts.Now,
+	}
+	if c.http == nil {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.DialContext = (&net.Dialer{Timeout: connect, KeepAlive: 30 * time.Second}).DialContext
+		t.TLSHandshakeTimeout = connect
+		t.ResponseHeaderTimeout = header
+		c.http = &http.Client{Transport: t}
+	}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	return c, nil
+}
+
+// orDefault returns d, or def if d is not positive.
+func orDefault(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+// Login logs in as email on this device: it gets a token, reads the user from it and fetches
+// the CDN settings. Only when all of that succeeds does the client switch to the new session;
+// a failed Login leaves the client exactly as it was, still logged in as before if it was, so
+// a mistyped password or a network failure never logs a working device out.
+//
+// Errors: ErrUnauthorized if the API rejects the credentials; ErrForbidden if it refuses
+// cdn.yaml to this user or device; ErrUnavailable if it is unreachable or answers something
+// unusable (including a token that is not a valid JWT, or with
+// Options.VerifyKey one that does not verify).
+func (c *Client) Login(ctx context.Context, email, password string) error {
+	if email == "" || password == "" {
+		return fmt.Errorf("login: %w: empty email or password", ErrUnauthorized)
+	}
+	s, err := c.authenticate(ctx, email, password)
+	if err != nil {
+		return fmt.Errorf("login: %w", err)
+	}
+	cdn, err := c.fetchCDN(ctx, s)
+	if err != nil {
+		return fmt.Errorf("login: %w", err)
+	}
+	s.cdn = cdn
+	c.mu.Lock()
+	c.sess = s
+	c.mu.Unlock()
+	c.log.Info("logged in to the resource API", "email", s.user.Email, "role", s.user.Role.String())
+	return nil
+}
+
+// Session returns the logged-in user; ok is false before the first successful Login.
+func (c *Client) Session() (user User, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sess == nil {
+		return User{}, false
+	}
+	return c.sess.user, true
+}
+
+// CDN returns the CDN settings fetched at login, or ErrNotLoggedIn.
+func (c *Client) CDN() (CDNSettings, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sess == nil {
+		return CDNSettings{}, ErrNotLoggedIn
+	}
+	return c.sess.cdn, nil
+}
+
+// authenticate posts the credentials to /login and returns a session without CDN settings.
+func (c *Client) authenticate(ctx context.Context, email, password string) (*session, error) {
+	pending := &session{email: email, password: password}
+	a, err := c.exchange(ctx, pending, loginRequest(email, password))
+	if err != nil {
+		return nil, err
+	}
+	if a.status/100 != 2 {
+		sentinel := ErrUnavailable
+		// Any other 4xx means "not these credentials"; 408 and 429 only mean "not now".
+		if a.status/100 == 4 && a.status != http.StatusRequestTimeout && a.status != http.StatusTooManyRequests {
+			sentinel = ErrUnauthorized
+		}
+		return nil, a.err(sentinel, c.secrets(pending))
+	}
+	token, err := decodeToken(a.body)
+	if err != nil {
+		return nil, err
+	}
+	arrived := c.now()
+	info, err := c.verifier.parse(token)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	s := &session{
+		email:    email,
+		password: password,
+		apiKey:   security.KeyFromString(security.APIKey(email, password, c.hardwareHash)),
+		token:    token,
+		user:     info.user,
+		expires:  info.expiresLocally(arrived),
+	}
+	switch {
+	case s.expires.IsZero():
+	case !s.expires.After(arrived):
+		// Expired on arrival (a token without iat and a clock far ahead): that says more about
+		// this clock than about the token. Renewing would fetch the same and loop on every
+		// call, so rely on the API's 401 instead.
+		s.expires = time.Time{}
+	default:
+		// Renew ahead, but never so early that a short-lived token is renewed on every call.
+		s.renewAt = s.expires.Add(-min(c.renewBefore, s.expires.Sub(arrived)/2))
+	}
+	return s, nil
+}
+
+// secrets lists what must not leak through an upstream error text while s is in use.
+func (c *Client) secrets(s *session) []string {
+	return []string{s.password, s.token, security.APIKey(s.email, s.password, c.hardwareHash),
+		c.hardware, c.hardwareHash, s.cdn.DownloaderAccessKey, s.cdn.DownloaderAccessSecret,
+		s.cdn.UploaderAccessKey, s.cdn.UploaderAccessSecret}
+}
+
+// withToken returns a copy of s that uses the token and user of fresh.
+func (s *session) withToken(fresh *session) *session {
+	n := *s
+	n.token, n.user, n.expires, n.renewAt = fresh.token, fresh.user, fresh.expires, fresh.renewAt
+	return &n
+}
+
+// active returns the session to send a call with, renewing it first if its token is about to
+// expire. If that renewal fails while the token is still valid, the call goes ahead with it:
+// a login hiccup a minute before expiry must not fail work the current token can still do.
+func (c *Client) active(ctx context.Context) (*session, error) {
+	c.mu.Lock()
+	s := c.sess
+	c.mu.Unlock()
+	if s == nil {
+		return nil, ErrNotLoggedIn
+	}
+	if s.renewAt.IsZero() || c.now().Before(s.renewAt) {
+		return s, nil
+	}
+	fresh, err := c.renew(ctx, s, "token expires soon")
+	if err != nil {
+		if ctx.Err() == nil && c.now().Before(s.expires) {
+			c.log.Warn("renewing the resource API token failed; using the current one until it expires", "err", err)
+			return s, nil
+		}
+		return nil, err
+	}
+	return fresh, nil
+}
+
+// renew logs in again with the credentials of stale and returns the resulting session.
+// Concurrent callers holding the same stale session share one login; a caller whose session
+// was already replaced gets the replacement without another login. The login runs detached
+// from ctx, so one caller giving up does not fail the others waiting on it.
+func (c *Client) renew(ctx context.Context, stale *session, reason string) (*session, error) {
+	c.mu.Lock()
+	if c.sess == nil {
+		c.mu.Unlock()
+		return nil, ErrNotLoggedIn
+	}
+	if c.sess != stale {
+		s := c.sess
+		c.mu.Unlock()
+		return s, nil
+	}
+	f := c.flight
+	if f == nil || f.stale != stale {
+		f = &renewal{stale: stale, done: make(chan struct{})}
+		c.flight = f
+		go c.runRenewal(context.WithoutCancel(ctx), f, reason)
+	}
+	c.mu.Unlock()
+
+	select {
+	case <-f.done:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
+	}
+	if f.err != nil {
+		return nil, f.err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sess == nil {
+		return nil, ErrNotLoggedIn
+	}
+	return c.sess, nil
+}
+
+func (c *Client) runRenewal(ctx context.Context, f *renewal, reason string) {
+	ctx, cancel := context.WithTimeout(ctx, c.renewTimeout)
+	defer cancel()
+	c.log.Info("logging in to the resource API again", "email", f.stale.email, "reason", reason)
+	fresh, err := c.authenticate(ctx, f.stale.email, f.stale.password)
+	if err != nil {
+		err = fmt.Errorf("log in again: %w", err)
+		c.log.Warn("logging in to the resource API again failed", "email", f.stale.email, "err", err)
+	}
+	c.mu.Lock()
+	// A Login with other credentials may have replaced the session meanwhile; it wins.
+	if err == nil && c.sess == f.stale {
+		c.sess = f.stale.withToken(fresh)
+	}
+	if c.flight == f {
+		c.flight = nil
+	}
+	f.err = err
+	c.mu.Unlock()
+	close(f.done)
+}
+
+// call sends r with the active session. On 401 or 403 it logs in again once and repeats r
+// once. It returns the 2xx answer and the session that got it.
+func (c *Client) call(ctx context.Context, r *request) (answer, *session, error) {
+	s, err := c.active(ctx)
+	if err != nil {
+		return answer{}, nil, fmt.Errorf("%s: %w", r.op, err)
+	}
+	a, err := c.exchange(ctx, s, r)
+	if err == nil && (a.status == http.StatusUnauthorized || a.status == http.StatusForbidden) {
+		s, err = c.renew(ctx, s, fmt.Sprintf("%s answered %d", r.op, a.status))
+		if err == nil {
+			a, err = c.exchange(ctx, s, r)
+		}
+	}
+	if err == nil && a.status/100 != 2 {
+		err = a.err(resourceSentinel(a.status), c.secrets(s))
+	}
+	if err != nil {
+		return answer{}, nil, fmt.Errorf("%s: %w", r.op, err)
+	}
+	return a, s, nil
+}
+
+// resourceSentinel maps a failed status of an authenticated call to the error callers tell apart.
+func resourceSentinel(status int) error {
+	switch status {
+	case http.StatusUnauthorized:
+		return ErrUnauthorized
+	case http.StatusForbidden:
+		return ErrForbidden
+	case http.StatusNotFound:
+		return ErrNotFound
+	}
+	return ErrUnavailable
+}

@@ -1,0 +1,987 @@
+package resourceapi
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/azaion/loader/internal/security"
+)
+
+func TestParseRole(t *testing.T) {
+	tests := []struct {
+		in   string
+		want Role
+	}{
+		{"None", None}, {"Operator", Operator}, {"operator", Operator}, {"VALIDATOR", Validator},
+		{"CompanionPC", CompanionPC}, {"Admin", Admin}, {"ResourceUploader", ResourceUploader},
+		{"ApiAdmin", ApiAdmin}, {" Admin ", Admin},
+		{"10", Operator}, {"30", CompanionPC}, {"1000", ApiAdmin}, {"0", None},
+		{"", None}, {"Root", None}, {"7", None}, {"-10", None}, {"10.5", None},
+	}
+	for _, tt := range tests {
+		if got := ParseRole(tt.in); got != tt.want {
+			t.Errorf("ParseRole(%q) = %v, want %v", tt.in, got, tt.want)
+		}
+	}
+	for r, name := range roleNames {
+		if r.String() != name || ParseRole(r.String()) != r {
+			t.Errorf("%d: String %q does not round-trip", int(r), r.String())
+		}
+	}
+	if got := Role(7).String(); got != "Role(7)" {
+		t.Errorf("Role(7).String() = %q", got)
+	}
+}
+
+func TestTokenClaims(t *testing.T) {
+	const (
+		longID    = "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/nameidentifier"
+		longName  = "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/name"
+		longRole  = "http://schemas.microsoft.com/ws/2008/06/identity/claims/role"
+		longEmail = "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/emailaddress"
+	)
+	tests := []struct {
+		name   string
+		claims jwt.MapClaims
+		want   User
+	}{
+		{"short", jwt.MapClaims{"nameid": "u1", "unique_name": "a@b", "role": "Admin"}, User{"u1", "a@b", Admin}},
+		{"long", jwt.MapClaims{longID: "u2", longName: "c@d", longRole: "ResourceUploader"}, User{"u2", "c@d", ResourceUploader}},
+		{"email claim", jwt.MapClaims{"nameid": "u3", "email": "e@f", "role": "companionpc"}, User{"u3", "e@f", CompanionPC}},
+		{"long email claim", jwt.MapClaims{"nameid": "u3", longEmail: "e@f"}, User{"u3", "e@f", None}},
+		{"numeric role", jwt.MapClaims{"nameid": float64(42), "unique_name": "g@h", "role": float64(40)}, User{"42", "g@h", Admin}},
+		{"numeric role string", jwt.MapClaims{"role": "1000"}, User{Role: ApiAdmin}},
+		{"unknown role", jwt.MapClaims{"role": "Pilot"}, User{Role: None}},
+		{"unknown number", jwt.MapClaims{"role": float64(5)}, User{Role: None}},
+		{"role list", jwt.MapClaims{"role": []any{"Pilot", "Validator", "Admin"}}, User{Role: Validator}},
+		{"no role", jwt.MapClaims{"nameid": "u4"}, User{ID: "u4"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			raw, err := jwt.NewWithClaims(jwt.SigningMethodHS256, tt.claims).SignedString([]byte("k"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := verifier{}.parse(raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.user != tt.want {
+				t.Errorf("user = %+v, want %+v", info.user, tt.want)
+			}
+		})
+	}
+}
+
+func TestExpiresLocally(t *testing.T) {
+	local := time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)
+	server := local.Add(-3 * time.Hour) // the device clock runs three hours ahead
+	withIat := tokenInfo{issuedAt: server, expires: server.Add(4 * time.Hour)}
+	if got, want := withIat.expiresLocally(local), local.Add(4*time.Hour); !got.Equal(want) {
+		t.Errorf("with iat: %v, want %v", got, want)
+	}
+	noIat := tokenInfo{expires: server.Add(4 * time.Hour)}
+	if got := noIat.expiresLocally(local); !got.Equal(noIat.expires) {
+		t.Errorf("without iat: %v, want exp %v", got, noIat.expires)
+	}
+	if got := (tokenInfo{}).expiresLocally(local); !got.IsZero() {
+		t.Errorf("without exp: %v, want zero", got)
+	}
+}
+
+func TestLoginStoresSession(t *testing.T) {
+	e := newEnv(t, Options{})
+	if _, ok := e.client.Session(); ok {
+		t.Fatal("Session ok before login")
+	}
+	if _, err := e.client.CDN(); !errors.Is(err, ErrNotLoggedIn) {
+		t.Fatalf("CDN before login: %v", err)
+	}
+	e.login(t)
+	user, ok := e.client.Session()
+	if want := (User{ID: "user-1", Email: testEmail, Role: Operator}); !ok || user != want {
+		t.Fatalf("Session = %+v, %v; want %+v", user, ok, want)
+	}
+	cdn, err := e.client.CDN()
+	want := CDNSettings{Host: "cdn.test:9000", DownloaderAccessKey: "dl-key", DownloaderAccessSecret: "dl-secret-value",
+		UploaderAccessKey: "ul-key", UploaderAccessSecret: "ul-secret-value"}
+	if err != nil || cdn != want {
+		t.Fatalf("CDN = %+v, %v; want %+v", cdn, err, want)
+	}
+	if n := e.api.count("get"); n != 1 {
+		t.Errorf("cdn.yaml fetched %d times, want 1", n)
+	}
+}
+
+func TestLoginRejected(t *testing.T) {
+	for _, status := range []int{400, 401, 403, 404, 409} {
+		t.Run(fmt.Sprint(status), func(t *testing.T) {
+			e := newEnv(t, Options{})
+			e.api.fail("login", status)
+			err := e.client.Login(context.Background(), testEmail, testPassword)
+			if !errors.Is(err, ErrUnauthorized) {
+				t.Fatalf("err = %v, want ErrUnauthorized", err)
+			}
+			if _, ok := e.client.Session(); ok {
+				t.Error("a failed login left a session")
+			}
+		})
+	}
+	t.Run("wrong password", func(t *testing.T) {
+		e := newEnv(t, Options{})
+		if err := e.client.Login(context.Background(), testEmail, "wrong"); !errors.Is(err, ErrUnauthorized) {
+			t.Fatalf("err = %v, want ErrUnauthorized", err)
+		}
+	})
+	t.Run("empty password", func(t *testing.T) {
+		e := newEnv(t, Options{})
+		if err := e.client.Login(context.Background(), testEmail, ""); !errors.Is(err, ErrUnauthorized) {
+			t.Fatalf("err = %v, want ErrUnauthorized", err)
+		}
+		if n := e.api.count("login"); n != 0 {
+			t.Errorf("empty password sent upstream %d times", n)
+		}
+	})
+}
+
+func TestLoginUnavailable(t *testing.T) {
+	answer := func(status int, contentType, body string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", contentType)
+			w.WriteHeader(status)
+			io.WriteString(w, body)
+		}
+	}
+	tests := []struct {
+		name    string
+		handler http.HandlerFunc
+	}{
+		{"500", answer(500, "text/plain", "boom")},
+		{"503", answer(503, "text/html", "<html>down</html>")},
+		{"429", answer(429, "text/plain", "slow down")},
+		{"garbage", answer(200, "text/html", "<html>captive portal</html>")},
+		{"no token", answer(200, "application/json", `{"jwt":"x"}`)},
+		{"token not a JWT", answer(200, "application/json", `{"token":"not.a.jwt"}`)},
+		{"token not three parts", answer(200, "application/json", `{"token":"abc"}`)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(tt.handler)
+			defer srv.Close()
+			c, err := New(srv.URL, testHardware, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = c.Login(context.Background(), testEmail, testPassword)
+			if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrUnauthorized) {
+				t.Fatalf("err = %v, want ErrUnavailable only", err)
+			}
+		})
+	}
+	t.Run("closed port", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		c, err := New("http://"+addr, testHardware, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = c.Login(context.Background(), testEmail, testPassword)
+		if !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("err = %v, want ErrUnavailable", err)
+		}
+		if !strings.Contains(err.Error(), "connection refused") {
+			t.Errorf("err = %q, want the cause named", err)
+		}
+	})
+}
+
+func TestLoginCDNFailures(t *testing.T) {
+	tests := []struct {
+		name  string
+		setup func(*fakeAPI)
+		want  error
+	}{
+		{"cdn.yaml missing", func(f *fakeAPI) { f.remove("cdn.yaml") }, ErrUnavailable},
+		{"cdn.yaml forbidden", func(f *fakeAPI) { f.fail("get", 403) }, ErrForbidden},
+		{"cdn.yaml 401", func(f *fakeAPI) { f.fail("get", 401) }, ErrUnauthorized},
+		{"cdn.yaml 500", func(f *fakeAPI) { f.fail("get", 500) }, ErrUnavailable},
+		{"cdn.yaml not YAML", func(f *fakeAPI) { f.put("cdn.yaml", []byte("host: [unclosed")) }, ErrUnavailable},
+		{"cdn.yaml without host", func(f *fakeAPI) { f.put("cdn.yaml", []byte("downloader_access_key: k\n")) }, ErrUnavailable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, Options{})
+			tt.setup(e.api)
+			err := e.client.Login(context.Background(), testEmail, testPassword)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("err = %v, want %v", err, tt.want)
+			}
+			if _, ok := e.client.Session(); ok {
+				t.Error("a failed login left a session")
+			}
+			if n := e.api.count("login"); n != 1 {
+				t.Errorf("%d logins, want 1 (no retry inside Login)", n)
+			}
+		})
+	}
+	t.Run("cdn.yaml encrypted with another key", func(t *testing.T) {
+		e := newEnv(t, Options{})
+		c, err := New(e.srv.URL, "other hardware", Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The fake refuses other hardware with 403; make it encrypt for other hardware instead
+		// by sending the right fingerprint but deriving the key from another one.
+		c.hardwareHash = security.HardwareHash("not this device")
+		c.hardware = testHardware
+		err = c.Login(context.Background(), testEmail, testPassword)
+		if !errors.Is(err, ErrUnavailable) || !errors.Is(err, security.ErrWrongKey) {
+			t.Fatalf("err = %v, want ErrUnavailable and security.ErrWrongKey", err)
+		}
+	})
+}
+
+// A failed Login leaves the client as it was: a mistyped password or a network failure does
+// not log a working device out.
+func TestFailedLoginKeepsSession(t *testing.T) {
+	e := newEnv(t, Options{})
+	e.login(t)
+	if err := e.client.Login(context.Background(), "someone@else", "wrong"); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("err = %v, want ErrUnauthorized", err)
+	}
+	e.api.fail("login", 503)
+	if err := e.client.Login(context.Background(), testEmail, testPassword); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("err = %v, want ErrUnavailable", err)
+	}
+	if u, ok := e.client.Session(); !ok || u.Email != testEmail {
+		t.Fatalf("Session = %+v, %v; want the first login's", u, ok)
+	}
+	e.api.put("models/a", []byte("A"))
+	if _, err := e.client.GetResource(context.Background(), "models", "a"); err != nil {
+		t.Fatalf("GetResource after failed logins: %v", err)
+	}
+	if n := e.api.count("login"); n != 3 {
+		t.Errorf("%d logins, want 3 (the old session's token still works)", n)
+	}
+}
+
+func TestNotLoggedIn(t *testing.T) {
+	e := newEnv(t, Options{})
+	ctx := context.Background()
+	_, err1 := e.client.GetResource(ctx, "models", "a")
+	_, err2 := e.client.ListResources(ctx, "models")
+	_, err3 := e.client.KeyFragment(ctx)
+	err4 := e.client.UploadResource(ctx, "models", "a", strings.NewReader("x"))
+	for i, err := range []error{err1, err2, err3, err4} {
+		if !errors.Is(err, ErrNotLoggedIn) {
+			t.Errorf("call %d: err = %v, want ErrNotLoggedIn", i+1, err)
+		}
+	}
+	if n := e.api.count("get") + e.api.count("list") + e.api.count("key") + e.api.count("upload"); n != 0 {
+		t.Errorf("%d calls reached the API", n)
+	}
+}
+
+func TestGetResource(t *testing.T) {
+	e := newEnv(t, Options{})
+	e.login(t)
+	want := bytes.Repeat([]byte("model head "), 300)
+	e.api.put("models/a.small", want)
+	got, err := e.client.GetResource(context.Background(), "models", "a.small")
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("GetResource = %d bytes, %v", len(got), err)
+	}
+	// The empty folder is the API's top level: POST /resources/get.
+	e.api.put("top.txt", []byte("top"))
+	if got, err := e.client.GetResource(context.Background(), "", "top.txt"); err != nil || string(got) != "top" {
+		t.Fatalf("GetResource top level = %q, %v", got, err)
+	}
+	if _, err := e.client.GetResource(context.Background(), "models", "missing"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing: err = %v, want ErrNotFound", err)
+	} else if !strings.HasPrefix(err.Error(), "get models/missing: ") {
+		t.Errorf("err = %q, want the call named", err)
+	}
+	if n := e.api.count("login"); n != 1 {
+		t.Errorf("%d logins, want 1 (404 needs no re-login)", n)
+	}
+}
+
+func TestGetResourceWrongKey(t *testing.T) {
+	e := newEnv(t, Options{})
+	e.login(t)
+	// Decryption fails when the server encrypts with another key: swap the client's key.
+	e.client.mu.Lock()
+	s := *e.client.sess
+	s.apiKey = security.KeyFromString("another key")
+	e.client.sess = &s
+	e.client.mu.Unlock()
+	e.api.put("models/a", []byte("A"))
+	_, err := e.client.GetResource(context.Background(), "models", "a")
+	if !errors.Is(err, security.ErrWrongKey) || errors.Is(err, ErrUnavailable) {
+		t.Fatalf("err = %v, want security.ErrWrongKey", err)
+	}
+}
+
+func TestStatusMapping(t *testing.T) {
+	tests := []struct {
+		status     int
+		want       error
+		logins     int // including the first
+		attempts   int
+		retryFails bool
+	}{
+		{404, ErrNotFound, 1, 1, false},
+		{500, ErrUnavailable, 1, 1, false},
+		{502, ErrUnavailable, 1, 1, false},
+		{400, ErrUnavailable, 1, 1, false},
+		{401, ErrUnauthorized, 2, 2, true},
+		{403, ErrForbidden, 2, 2, true},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprint(tt.status), func(t *testing.T) {
+			e := newEnv(t, Options{})
+			e.login(t)
+			e.api.put("models/a", []byte("A"))
+			n := 1
+			if tt.retryFails {
+				n = 2 // the repeat after the re-login fails too
+			}
+			for range n {
+				e.api.fail("get", tt.status)
+			}
+			_, err := e.client.GetResource(context.Background(), "models", "a")
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("err = %v, want %v", err, tt.want)
+			}
+			if got := e.api.count("login"); got != tt.logins {
+				t.Errorf("%d logins, want %d", got, tt.logins)
+			}
+			if got := e.api.count("get") - 1; got != tt.attempts { // minus cdn.yaml
+				t.Errorf("%d attempts, want %d", got, tt.attempts)
+			}
+		})
+	}
+}
+
+// A 401 or 403 once: one re-login, one repeat, and the caller sees success.
+func TestRetryAfterRefusal(t *testing.T) {
+	for _, status := range []int{401, 403} {
+		t.Run(fmt.Sprint(status), func(t *testing.T) {
+			e := newEnv(t, Options{})
+			e.login(t)
+			e.api.put("models/a", []byte("A"))
+			e.api.fail("get", status)
+			got, err := e.client.GetResource(context.Background(), "models", "a")
+			if err != nil || string(got) != "A" {
+				t.Fatalf("GetResource = %q, %v", got, err)
+			}
+			if n := e.api.count("login"); n != 2 {
+				t.Errorf("%d logins, want 2", n)
+			}
+			if n := e.api.count("get") - 1; n != 2 {
+				t.Errorf("%d attempts, want 2", n)
+			}
+		})
+	}
+	t.Run("revoked token", func(t *testing.T) {
+		e := newEnv(t, Options{})
+		e.login(t)
+		e.api.revokeTokens()
+		if _, err := e.client.KeyFragment(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.client.KeyFragment(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if n := e.api.count("login"); n != 2 {
+			t.Errorf("%d logins, want 2: the new token is kept", n)
+		}
+	})
+	t.Run("re-login rejected", func(t *testing.T) {
+		e := newEnv(t, Options{})
+		e.login(t)
+		e.api.revokeTokens()
+		e.api.fail("login", 401)
+		_, err := e.client.ListResources(context.Background(), "models")
+		if !errors.Is(err, ErrUnauthorized) {
+			t.Fatalf("err = %v, want ErrUnauthorized", err)
+		}
+		if n := e.api.count("list"); n != 1 {
+			t.Errorf("%d attempts, want 1: no repeat without a new token", n)
+		}
+	})
+}
+
+func TestRenewBeforeExpiry(t *testing.T) {
+	e := newEnv(t, Options{})
+	e.login(t)
+	e.api.put("models/a", []byte("A"))
+	e.clock.Advance(4*time.Hour - 30*time.Second) // within RenewBefore of exp
+	if _, err := e.client.GetResource(context.Background(), "models", "a"); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.api.count("login"); n != 2 {
+		t.Fatalf("%d logins, want 2", n)
+	}
+	if n := e.api.count("get") - 1; n != 1 {
+		t.Errorf("%d attempts, want 1: renewed before the call, not after a 401", n)
+	}
+	e.clock.Advance(time.Hour)
+	if _, err := e.client.GetResource(context.Background(), "models", "a"); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.api.count("login"); n != 2 {
+		t.Errorf("%d logins, want still 2: the new token is good for 4 h", n)
+	}
+}
+
+// A device clock far off the server's must neither renew on every call nor let tokens lapse.
+func TestRenewWithSkewedClock(t *testing.T) {
+	e := newEnv(t, Options{})
+	e.api.setClaims(func(c jwt.MapClaims) { // the server is 5 h behind the device
+		c["iat"] = c["iat"].(int64) - 5*3600
+		c["exp"] = c["exp"].(int64) - 5*3600
+	})
+	e.login(t)
+	for range 3 {
+		if _, err := e.client.ListResources(context.Background(), "models"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := e.api.count("login"); n != 1 {
+		t.Errorf("%d logins, want 1", n)
+	}
+	e.clock.Advance(4 * time.Hour)
+	if _, err := e.client.ListResources(context.Background(), "models"); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.api.count("login"); n != 2 {
+		t.Errorf("%d logins, want 2 after the token's lifetime", n)
+	}
+}
+
+// A token without iat that has expired by this device's clock is used until the API refuses it,
+// rather than renewed on every call.
+func TestExpiredOnArrival(t *testing.T) {
+	e := newEnv(t, Options{})
+	e.api.setClaims(func(c jwt.MapClaims) {
+		delete(c, "iat")
+		c["exp"] = c["exp"].(int64) - 10*3600
+	})
+	e.login(t)
+	for range 3 {
+		if _, err := e.client.ListResources(context.Background(), "models"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := e.api.count("login"); n != 1 {
+		t.Errorf("%d logins, want 1", n)
+	}
+	e.api.revokeTokens()
+	if _, err := e.client.ListResources(context.Background(), "models"); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.api.count("login"); n != 2 {
+		t.Errorf("%d logins, want 2 after a 401", n)
+	}
+}
+
+// A failed renewal ahead of expiry does not fail a call the current token can still do.
+func TestRenewFailureWhileTokenValid(t *testing.T) {
+	e := newEnv(t, Options{})
+	e.login(t)
+	e.clock.Advance(4*time.Hour - 30*time.Second)
+	e.api.fail("login", 503)
+	if _, err := e.client.ListResources(context.Background(), "models"); err != nil {
+		t.Fatalf("ListResources with a still valid token: %v", err)
+	}
+	if !strings.Contains(e.logs.String(), "renewing the resource API token failed") {
+		t.Error("the failed renewal was not logged")
+	}
+	e.clock.Advance(time.Minute) // now past exp
+	e.api.fail("login", 503)
+	if _, err := e.client.ListResources(context.Background(), "models"); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("err = %v, want ErrUnavailable once the token has expired", err)
+	}
+}
+
+func TestConcurrentRenewal(t *testing.T) {
+	t.Run("expiry", func(t *testing.T) {
+		e := newEnv(t, Options{})
+		e.login(t)
+		e.api.put("models/a", []byte("A"))
+		e.clock.Advance(5 * time.Hour)
+		runConcurrently(t, 50, func() error {
+			_, err := e.client.GetResource(context.Background(), "models", "a")
+			return err
+		})
+		if n := e.api.count("login"); n != 2 {
+			t.Errorf("%d logins, want 2", n)
+		}
+	})
+	t.Run("401", func(t *testing.T) {
+		e := newEnv(t, Options{})
+		e.login(t)
+		e.api.put("models/a", []byte("A"))
+		e.api.revokeTokens()
+		runConcurrently(t, 50, func() error {
+			_, err := e.client.GetResource(context.Background(), "models", "a")
+			return err
+		})
+		if n := e.api.count("login"); n != 2 {
+			t.Errorf("%d logins, want 2", n)
+		}
+	})
+}
+
+func runConcurrently(t *testing.T, n int, f func() error) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	start := make(chan struct{})
+	for range n {
+		wg.Go(func() {
+			<-start
+			errs <- f()
+		})
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// One caller giving up must not fail the others waiting on the same re-login.
+func TestRenewalSurvivesCallerCancel(t *testing.T) {
+	e := newEnv(t, Options{})
+	e.login(t)
+	release := make(chan struct{})
+	inner := e.api
+	e.setHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/login" {
+			<-release
+		}
+		inner.ServeHTTP(w, r)
+	}))
+	e.clock.Advance(5 * time.Hour)
+	ctx, cancel := context.WithCancel(context.Background())
+	first := make(chan error)
+	go func() {
+		_, err := e.client.KeyFragment(ctx)
+		first <- err
+	}()
+	second := make(chan error)
+	go func() {
+		_, err := e.client.KeyFragment(context.Background())
+		second <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled caller: err = %v, want context.Canceled", err)
+	}
+	close(release)
+	if err := <-second; err != nil {
+		t.Fatalf("other caller: %v", err)
+	}
+	if n := inner.count("login"); n != 2 {
+		t.Errorf("%d logins, want 2", n)
+	}
+}
+
+func TestHeaderTimeout(t *testing.T) {
+	block := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-block }))
+	defer srv.Close()
+	defer close(block)
+	c, err := New(srv.URL, testHardware, Options{HeaderTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err = c.Login(context.Background(), testEmail, testPassword)
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("err = %v, want ErrUnavailable", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("took %v, want about 300ms", d)
+	}
+}
+
+func TestBodyStall(t *testing.T) {
+	block := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "100")
+		w.Write([]byte(`{"token":`))
+		w.(http.Flusher).Flush()
+		<-block
+	}))
+	defer srv.Close()
+	defer close(block)
+	c, err := New(srv.URL, testHardware, Options{HeaderTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err = c.Login(context.Background(), testEmail, testPassword)
+	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "stalled") {
+		t.Fatalf("err = %v, want ErrUnavailable naming the stall", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("took %v, want about 300ms", d)
+	}
+}
+
+func TestContextCancel(t *testing.T) {
+	block := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-block }))
+	defer srv.Close()
+	defer close(block)
+	c, err := New(srv.URL, testHardware, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err = c.Login(ctx, testEmail, testPassword)
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("err = %v, want DeadlineExceeded and ErrUnavailable", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("took %v", d)
+	}
+}
+
+func TestSizeLimits(t *testing.T) {
+	e := newEnv(t, Options{})
+	e.login(t)
+	e.api.setFragment(make([]byte, MaxKeyFragmentSize+1))
+	if _, err := e.client.KeyFragment(context.Background()); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "larger than") {
+		t.Fatalf("oversized fragment: err = %v", err)
+	}
+	e.api.setFragment(nil)
+	if _, err := e.client.KeyFragment(context.Background()); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("empty fragment: err = %v", err)
+	}
+	e.api.setFragment(make([]byte, MaxKeyFragmentSize))
+	if got, err := e.client.KeyFragment(context.Background()); err != nil || len(got) != MaxKeyFragmentSize {
+		t.Fatalf("fragment at the limit: %d bytes, %v", len(got), err)
+	}
+	// Without Content-Length the cap holds too.
+	e.setHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.(http.Flusher).Flush() // chunked
+		w.Write(make([]byte, MaxKeyFragmentSize+1))
+	}))
+	if _, err := e.client.KeyFragment(context.Background()); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "larger than") {
+		t.Fatalf("oversized chunked fragment: err = %v", err)
+	}
+	// A declared length over the cap is refused before reading.
+	e.setHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", fmt.Sprint(MaxResourceSize+1))
+		w.Write([]byte("x"))
+	}))
+	if _, err := e.client.GetResource(context.Background(), "models", "huge"); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "larger than") {
+		t.Fatalf("oversized resource: err = %v", err)
+	}
+}
+
+func TestListResources(t *testing.T) {
+	e := newEnv(t, Options{})
+	e.login(t)
+	got, err := e.client.ListResources(context.Background(), "models")
+	if err != nil || got == nil || len(got) != 0 {
+		t.Fatalf("empty folder: %#v, %v", got, err)
+	}
+	e.api.put("models/a.small", nil)
+	got, err = e.client.ListResources(context.Background(), "models")
+	if err != nil || len(got) != 1 || got[0] != "a.small" {
+		t.Fatalf("ListResources = %v, %v", got, err)
+	}
+	e.setHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `{"a":1}`) }))
+	if _, err := e.client.ListResources(context.Background(), "models"); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("not a list: err = %v", err)
+	}
+}
+
+func TestUploadResource(t *testing.T) {
+	e := newEnv(t, Options{})
+	e.login(t)
+	data := bytes.Repeat([]byte{0, 1, 2, 0xff}, 1000)
+	r := bytes.NewReader(append([]byte("skipped"), data...))
+	r.Seek(int64(len("skipped")), io.SeekStart) // uploads from the current offset
+	if err := e.client.UploadResource(context.Background(), "models", "a.small", r); err != nil {
+		t.Fatal(err)
+	}
+	got, cl := e.api.uploaded("models/a.small")
+	if !bytes.Equal(got, data) {
+		t.Fatalf("uploaded %d bytes, want %d", len(got), len(data))
+	}
+	if cl <= int64(len(data)) {
+		t.Errorf("Content-Length = %d, want the exact multipart length", cl)
+	}
+	names, err := e.client.ListResources(context.Background(), "models")
+	if err != nil || len(names) != 1 || names[0] != "a.small" {
+		t.Fatalf("ListResources after upload = %v, %v", names, err)
+	}
+}
+
+// A refused upload is sent again in full after the re-login, even when the server answered
+// before reading the body.
+func TestUploadRetrySendsBodyAgain(t *testing.T) {
+	e := newEnv(t, Options{})
+	e.login(t)
+	data := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB: more than socket buffers
+	e.api.revokeTokens()
+	if err := e.client.UploadResource(context.Background(), "models", "big", bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := e.api.uploaded("models/big"); !bytes.Equal(got, data) {
+		t.Fatalf("uploaded %d bytes, want %d", len(got), len(data))
+	}
+	if n := e.api.count("upload"); n != 2 {
+		t.Errorf("%d attempts, want 2", n)
+	}
+	e.api.fail("upload", 403, 403)
+	if err := e.client.UploadResource(context.Background(), "models", "big", bytes.NewReader(data)); !errors.Is(err, ErrForbidden) {
+		t.Fatalf("err = %v, want ErrForbidden", err)
+	}
+}
+
+func TestUploadSeekError(t *testing.T) {
+	e := newEnv(t, Options{})
+	e.login(t)
+	err := e.client.UploadResource(context.Background(), "models", "a", badSeeker{})
+	if err == nil || errors.Is(err, ErrUnavailable) {
+		t.Fatalf("err = %v, want the seek error", err)
+	}
+	if n := e.api.count("upload"); n != 0 {
+		t.Errorf("%d uploads reached the API", n)
+	}
+}
+
+type badSeeker struct{ io.Reader }
+
+func (badSeeker) Seek(int64, int) (int64, error) { return 0, errors.New("not seekable") }
+
+func TestVerifyKey(t *testing.T) {
+	t.Run("good signature", func(t *testing.T) {
+		e := newEnv(t, Options{VerifyKey: []byte(testSecret)})
+		e.login(t)
+	})
+	t.Run("bad signature", func(t *testing.T) {
+		e := newEnv(t, Options{VerifyKey: []byte("another secret")})
+		err := e.client.Login(context.Background(), testEmail, testPassword)
+		if !errors.Is(err, ErrUnavailable) || !errors.Is(err, jwt.ErrTokenSignatureInvalid) {
+			t.Fatalf("err = %v, want ErrUnavailable with an invalid signature", err)
+		}
+	})
+	t.Run("wrong issuer", func(t *testing.T) {
+		e := newEnv(t, Options{VerifyKey: []byte(testSecret)})
+		e.api.setClaims(func(c jwt.MapClaims) { c["iss"] = "SomeoneElse" })
+		err := e.client.Login(context.Background(), testEmail, testPassword)
+		if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "issuer") {
+			t.Fatalf("err = %v, want ErrUnavailable naming the issuer", err)
+		}
+	})
+	t.Run("no issuer", func(t *testing.T) {
+		e := newEnv(t, Options{VerifyKey: []byte(testSecret)})
+		e.api.setClaims(func(c jwt.MapClaims) { delete(c, "iss") })
+		if err := e.client.Login(context.Background(), testEmail, testPassword); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("err = %v, want ErrUnavailable", err)
+		}
+	})
+	t.Run("unverified accepts any issuer", func(t *testing.T) {
+		e := newEnv(t, Options{})
+		e.api.setClaims(func(c jwt.MapClaims) { c["iss"] = "SomeoneElse" })
+		e.login(t)
+	})
+	t.Run("expired token still accepted when the clock is off", func(t *testing.T) {
+		e := newEnv(t, Options{VerifyKey: []byte(testSecret)})
+		e.api.setClaims(func(c jwt.MapClaims) {
+			c["iat"] = c["iat"].(int64) - 10*3600
+			c["exp"] = c["exp"].(int64) - 10*3600
+			c["nbf"] = c["iat"]
+		})
+		e.login(t)
+	})
+}
+
+func TestVerifyKeyAsymmetric(t *testing.T) {
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ecKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims := jwt.MapClaims{"iss": Issuer, "nameid": "u", "role": "Admin"}
+	rsaToken, _ := jwt.NewWithClaims(jwt.SigningMethodRS256, claims).SignedString(rsaKey)
+	ecToken, _ := jwt.NewWithClaims(jwt.SigningMethodES256, claims).SignedString(ecKey)
+	hsToken, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString([]byte("k"))
+	tests := []struct {
+		name  string
+		key   any
+		token string
+		ok    bool
+	}{
+		{"rsa", &rsaKey.PublicKey, rsaToken, true},
+		{"ecdsa", &ecKey.PublicKey, ecToken, true},
+		{"rsa key, ecdsa token", &rsaKey.PublicKey, ecToken, false},
+		{"rsa key, hmac token", &rsaKey.PublicKey, hsToken, false},
+		{"hmac key, rsa token", []byte("k"), rsaToken, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v, err := newVerifier(tt.key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := v.parse(tt.token)
+			if (err == nil) != tt.ok {
+				t.Fatalf("err = %v, want ok=%v", err, tt.ok)
+			}
+			if tt.ok && info.user.Role != Admin {
+				t.Errorf("role = %v", info.user.Role)
+			}
+		})
+	}
+	if _, err := New("http://x", testHardware, Options{VerifyKey: "a string"}); err == nil {
+		t.Error("New accepted a string VerifyKey")
+	}
+	if _, err := New("http://x", testHardware, Options{VerifyKey: []byte{}}); err == nil {
+		t.Error("New accepted an empty HMAC key")
+	}
+}
+
+func TestNew(t *testing.T) {
+	for _, base := range []string{"", "api.azaion.com", "ftp://x", "http://", "://"} {
+		if _, err := New(base, testHardware, Options{}); err == nil {
+			t.Errorf("New(%q) accepted", base)
+		}
+	}
+	if _, err := New("https://api.azaion.com", "", Options{}); err == nil {
+		t.Error("New accepted an empty fingerprint")
+	}
+	// A base URL with a path prefix and a trailing slash keeps its prefix.
+	var path string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		path = r.URL.Path
+		http.Error(w, "no", http.StatusUnauthorized)
+	}))
+	defer srv.Close()
+	c, err := New(srv.URL+"/api/", testHardware, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Login(context.Background(), testEmail, testPassword)
+	if path != "/api/login" {
+		t.Errorf("path = %q, want /api/login", path)
+	}
+}
+
+// No password, token, API key, hardware fingerprint or CDN key in any error text or log line,
+// even when the server echoes the request in its error answers.
+func TestNoSecretsLeak(t *testing.T) {
+	e := newEnv(t, Options{})
+	var errs []error
+	ctx := context.Background()
+	collect := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	// Rejected login: the fake echoes the password in a JSON message.
+	collect(e.client.Login(ctx, testEmail+"x", testPassword))
+	e.login(t)
+	// A 403 whose detail echoes the hardware fingerprint.
+	other, err := New(e.srv.URL, testHardware+" other", Options{Logger: e.client.log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	collect(other.Login(ctx, testEmail, testPassword))
+	// Plain-text and JSON answers that quote the token and the API key.
+	var token string
+	e.client.mu.Lock()
+	token = e.client.sess.token
+	e.client.mu.Unlock()
+	apiKey := security.APIKey(testEmail, testPassword, security.HardwareHash(testHardware))
+	inner := e.api
+	e.setHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/resources/list/a":
+			http.Error(w, "token "+r.Header.Get("Authorization")+" key "+apiKey, http.StatusInternalServerError)
+		case "/resources/list/b":
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			fmt.Fprintf(w, `{"error":"password %s hardware %s"}`, jsonEscape(testPassword), jsonEscape(testHardware))
+		default:
+			inner.ServeHTTP(w, r)
+		}
+	}))
+	_, err = e.client.ListResources(ctx, "a")
+	collect(err)
+	_, err = e.client.ListResources(ctx, "b")
+	collect(err)
+	e.setHandler(nil)
+	_, err = e.client.GetResource(ctx, "models", "missing")
+	collect(err)
+	e.api.revokeTokens()
+	e.api.fail("login", 401)
+	_, err = e.client.KeyFragment(ctx)
+	collect(err)
+	if len(errs) != 6 {
+		t.Fatalf("%d errors, want 6: %v", len(errs), errs)
+	}
+	if !strings.Contains(errs[2].Error(), "[redacted]") {
+		t.Errorf("the upstream reason was dropped rather than redacted: %v", errs[2])
+	}
+	secrets := []string{testPassword, token, apiKey, testHardware, security.HardwareHash(testHardware),
+		"SN-SECRET-123", "dl-secret-value", "ul-secret-value"}
+	for _, err := range errs {
+		for _, s := range secrets {
+			if strings.Contains(err.Error(), s) {
+				t.Errorf("error %q contains a secret", err)
+			}
+		}
+	}
+	logs := e.logs.String()
+	if !strings.Contains(logs, "logging in to the resource API again") {
+		t.Errorf("expected log lines missing:\n%s", logs)
+	}
+	for _, s := range secrets {
+		if strings.Contains(logs, s) {
+			t.Errorf("logs contain a secret:\n%s", logs)
+		}
+	}
+}
+
+// jsonEscape escapes as System.Text.Json does by default, "+" included.
+func jsonEscape(s string) string {
+	return strings.NewReplacer(`"`, `\"`, `+`, `\u002B`, `\`, `\\`).Replace(s)
+}

@@ -1,0 +1,239 @@
+package resourceapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Limits on answer bodies, so a broken or hostile server cannot make the loader buffer
+// without end; a larger answer is ErrUnavailable. Model heads are a few KiB and key
+// fragments smaller still.
+const (
+	MaxResourceSize    = 64 << 20 // a resource from POST /resources/get
+	MaxKeyFragmentSize = 1 << 20  // the key fragment
+)
+
+const (
+	maxListSize    = 8 << 20 // the JSON list of names
+	maxSmallAnswer = 1 << 20 // login and upload answers
+	errorBodyLimit = 4 << 10 // what is read of a failed answer, to find its reason
+	maxDetailLen   = 200     // runes of that reason quoted in an error
+)
+
+// request is one call to the API.
+type request struct {
+	op     string // names the call in errors, e.g. "get models/a.small"
+	method string
+	path   string
+	// body returns the request body; it is called for every attempt because a body can be
+	// read only once. nil: no body.
+	body  func(s *session) (r io.Reader, contentType string, length int64, err error)
+	limit int64 // longest 2xx answer accepted
+}
+
+// answer is what the API sent back: the whole body of a 2xx answer, the start of any other.
+type answer struct {
+	status      int
+	contentType string
+	body        []byte
+}
+
+// exchange sends r once with s's token. The error is for when no answer came (ErrUnavailable,
+// also wrapping ctx.Err() if ctx ended) or r's body could not be built; any status is an answer.
+func (c *Client) exchange(ctx context.Context, s *session, r *request) (answer, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var body io.Reader
+	var contentType string
+	var length int64
+	if r.body != nil {
+		b, ct, n, err := r.body(s)
+		if err != nil {
+			return answer{}, err
+		}
+		d := &detachable{r: b}
+		// The transport may still be reading the body after Do returns (a server that answers
+		// 401 before reading it all); the caller's reader must be untouched once we return.
+		defer d.detach()
+		body, contentType, length = d, ct, n
+	}
+	req, err := http.NewRequestWithContext(ctx, r.method, c.base+r.path, body)
+	if err != nil {
+		return answer{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	if body != nil {
+		req.ContentLength = length
+		req.Header.Set("Content-Type", contentType)
+	}
+	if s.token != "" {
+		req.Header.Set("Authorization", "Bearer "+s.token)
+	}
+	start := time.Now()
+	resp, err := c.http.Do(req)
+	if err != nil {
+		// url.Error repeats method and URL; the cause alone reads better after our context.
+		if ue, ok := errors.AsType[*url.Error](err); ok {
+			err = ue.Err
+		}
+		return answer{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	defer resp.Body.Close()
+
+	a := answer{status: resp.StatusCode, contentType: resp.Header.Get("Content-Type")}
+	ok := resp.StatusCode/100 == 2
+	limit := r.limit
+	if !ok {
+		limit = errorBodyLimit
+	}
+	a.body, err = c.readBody(resp, limit, cancel)
+	c.log.Debug("resource API call", "method", r.method, "path", r.path, "status", resp.StatusCode,
+		"duration", time.Since(start))
+	switch {
+	case !ok:
+		// A failed answer is judged by its status; its body only adds a reason, if it has one.
+		a.body = a.body[:min(len(a.body), errorBodyLimit)]
+		return a, nil
+	case err != nil:
+		return answer{}, err
+	case int64(len(a.body)) > limit:
+		return answer{}, fmt.Errorf("%w: the answer is larger than %d bytes", ErrUnavailable, limit)
+	}
+	return a, nil
+}
+
+// readBody reads up to limit+1 bytes of resp's body. A pause of more than headerTimeout between
+// bytes cancels the request: a stalled connection fails instead of hanging the caller.
+func (c *Client) readBody(resp *http.Response, limit int64, cancel context.CancelFunc) ([]byte, error) {
+	if resp.ContentLength > limit {
+		return nil, fmt.Errorf("%w: the answer of %d bytes is larger than %d bytes", ErrUnavailable, resp.ContentLength, limit)
+	}
+	var stalled atomic.Bool
+	timer := time.AfterFunc(c.headerTimeout, func() {
+		stalled.Store(true)
+		cancel()
+	})
+	defer timer.Stop()
+	data, err := io.ReadAll(&idleReader{r: io.LimitReader(resp.Body, limit+1), timer: timer, idle: c.headerTimeout})
+	switch {
+	case stalled.Load():
+		return data, fmt.Errorf("%w: the answer stalled for %s", ErrUnavailable, c.headerTimeout)
+	case err != nil:
+		return data, fmt.Errorf("%w: reading the answer: %w", ErrUnavailable, err)
+	}
+	return data, nil
+}
+
+// idleReader restarts timer whenever bytes arrive.
+type idleReader struct {
+	r     io.Reader
+	timer *time.Timer
+	idle  time.Duration
+}
+
+func (ir *idleReader) Read(p []byte) (int, error) {
+	n, err := ir.r.Read(p)
+	if n > 0 {
+		ir.timer.Reset(ir.idle)
+	}
+	return n, err
+}
+
+var errDetached = errors.New("request body no longer available")
+
+// detachable passes reads through until detach; then reads fail without touching r.
+type detachable struct {
+	mu   sync.Mutex
+	r    io.Reader
+	gone bool
+}
+
+func (d *detachable) Read(p []byte) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.gone {
+		return 0, errDetached
+	}
+	return d.r.Read(p)
+}
+
+// detach waits for a Read in progress, then cuts r off.
+func (d *detachable) detach() {
+	d.mu.Lock()
+	d.gone = true
+	d.mu.Unlock()
+}
+
+// err turns a failed answer into sentinel wrapped with the status and, if the API gave one, its
+// reason (with every secret blanked out, in case the server echoed the request).
+func (a answer) err(sentinel error, secrets []string) error {
+	status := fmt.Sprintf("%d %s", a.status, http.StatusText(a.status))
+	if d := detail(a.contentType, a.body, secrets); d != "" {
+		return fmt.Errorf("%w (%s: %s)", sentinel, status, d)
+	}
+	return fmt.Errorf("%w (%s)", sentinel, status)
+}
+
+// detail extracts a short human reason from a failed answer: a plain-text body, or the
+// detail/message/title/error field of a JSON one (ASP.NET ProblemDetails and the like). Other
+// bodies (HTML pages of a proxy, say) are left out: they are long, and escaping would hide
+// a secret from the redaction.
+func detail(contentType string, body []byte, secrets []string) string {
+	mediaType, _, _ := mime.ParseMediaType(contentType)
+	var text string
+	switch {
+	case mediaType == "text/plain":
+		text = string(body)
+	case mediaType == "application/json" || strings.HasSuffix(mediaType, "+json"):
+		var fields map[string]any
+		if json.Unmarshal(body, &fields) != nil {
+			return ""
+		}
+	find:
+		for _, want := range []string{"detail", "message", "title", "error"} {
+			for name, v := range fields {
+				if s, ok := v.(string); ok && s != "" && strings.EqualFold(name, want) {
+					text = s
+					break find
+				}
+			}
+		}
+	}
+	// Longest first, so a secret that contains another is blanked whole.
+	secrets = slices.Clone(secrets)
+	slices.SortFunc(secrets, func(a, b string) int { return len(b) - len(a) })
+	for _, s := range secrets {
+		if s != "" {
+			text = strings.ReplaceAll(text, s, "[redacted]")
+		}
+	}
+	text = strings.Join(strings.FieldsFunc(strings.ToValidUTF8(text, ""), func(r rune) bool {
+		return unicode.IsSpace(r) || unicode.IsControl(r)
+	}), " ")
+	if utf8.RuneCountInString(text) > maxDetailLen {
+		text = string([]rune(text)[:maxDetailLen]) + "…"
+	}
+	return text
+}
+
+// jsonBody encodes v as a request body.
+func jsonBody(v any) (io.Reader, string, int64, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, "", 0, err
+	}
+	return bytes.NewReader(b), "application/json", int64(len(b)), nil
+}
