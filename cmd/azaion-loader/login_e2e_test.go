@@ -243,6 +243,13 @@ func TestUnauthorizedMidSessionReloginsOnce(t *testing.T) {
 	if n := e.ref.Calls(refapi.EndpointList); n != 2 {
 		t.Errorf("list calls = %d, want 2 (the refused one and one repeat)", n)
 	}
+	m := scrape(t, e)
+	if got := m["azaion_loader_relogins_total"]; got != 1 {
+		t.Errorf("relogins metric = %v, want 1", got)
+	}
+	if got := m[`azaion_loader_upstream_calls_total{endpoint="resources/list",outcome="401"}`]; got != 1 {
+		t.Errorf("refused list calls metric = %v, want 1", got)
+	}
 }
 
 func TestConcurrentLoginAndStatus(t *testing.T) {

@@ -384,6 +384,9 @@ func TestMetricsMove(t *testing.T) {
 		{`azaion_loader_cache_lookups_total{result="hit"}`, 1},
 		{`azaion_loader_resource_bytes_served_total`, float64(2 * len(content))},
 		{`azaion_loader_http_requests_total{code="200",route="POST /login"}`, 1},
+		{`azaion_loader_upstream_calls_total{endpoint="login",outcome="ok"}`, 1},
+		{`azaion_loader_upstream_calls_total{endpoint="resources/get",outcome="ok"}`, 3}, // cdn.yaml and two small parts
+		{`azaion_loader_upstream_calls_total{endpoint="resources/upload",outcome="ok"}`, 1},
 		{`azaion_loader_http_requests_total{code="200",route="POST /load/{filename}"}`, 2},
 	} {
 		if got, ok := m[c.metric]; !ok || got != c.want {

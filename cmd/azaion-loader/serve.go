@@ -61,7 +61,7 @@ func newLoader(cfg config.Config, stderr io.Writer, rootFS string) (*loader, err
 		return nil, err
 	}
 	l.api, err = resourceapi.New(cfg.ResourceAPIURL, hardware.Fingerprint(rootFS), resourceapi.Options{
-		Logger: log, VerifyKey: verifyKey, ConnectTimeout: cfg.UpstreamTimeout, HeaderTimeout: cfg.UpstreamTimeout,
+		Logger: log, VerifyKey: verifyKey, Observer: l.metrics, ConnectTimeout: cfg.UpstreamTimeout, HeaderTimeout: cfg.UpstreamTimeout,
 	})
 	if err != nil {
 		closer.Close()

@@ -67,7 +67,23 @@ type Options struct {
 	RenewBefore time.Duration
 	// Now returns the current time; nil means time.Now. Tests inject a clock here.
 	Now func() time.Time
+	// Observer is told about every call and re-login, for metrics; nil means none.
+	Observer Observer
 }
+
+// Observer is told what the client does upstream.
+type Observer interface {
+	// UpstreamCall reports one HTTP exchange: endpoint is e.g. "login", "resources/get";
+	// outcome is "ok", the status code of a failed answer, or "unreachable".
+	UpstreamCall(endpoint, outcome string)
+	// Relogin reports a login the client made by itself (token expiry, 401/403).
+	Relogin()
+}
+
+type nopObserver struct{}
+
+func (nopObserver) UpstreamCall(string, string) {}
+func (nopObserver) Relogin()                    {}
 
 // Client talks to one Resource API on behalf of one device. It is safe for concurrent use.
 //
@@ -88,6 +104,7 @@ type Client struct {
 	verifier      verifier
 	log           *slog.Logger
 	now           func() time.Time
+	obs           Observer
 
 	mu     sync.Mutex
 	sess   *session // nil until a Login succeeds; replaced, never modified
@@ -142,6 +159,10 @@ func New(baseURL, hardware string, opts Options) (*Client, error) {
 		verifier:     v,
 		log:          opts.Logger,
 		now:          opts.Now,
+		obs:          opts.Observer,
+	}
+	if c.obs == nil {
+		c.obs = nopObserver{}
 	}
 	if c.http == nil {
 		t := http.DefaultTransport.(*http.Transport).Clone()
@@ -343,6 +364,7 @@ func (c *Client) runRenewal(ctx context.Context, f *renewal, reason string) {
 	ctx, cancel := context.WithTimeout(ctx, c.renewTimeout)
 	defer cancel()
 	c.log.Info("logging in to the resource API again", "email", f.stale.email, "reason", reason)
+	c.obs.Relogin()
 	fresh, err := c.authenticate(ctx, f.stale.email, f.stale.password)
 	if err != nil {
 		err = fmt.Errorf("log in again: %w", err)

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -52,6 +53,23 @@ type answer struct {
 	body        []byte
 }
 
+// endpointOf names the API endpoint of a request for metrics, without its variable parts.
+func endpointOf(method, path string) string {
+	switch {
+	case path == "/login":
+		return "login"
+	case strings.HasPrefix(path, "/resources/get"):
+		return "resources/get"
+	case strings.HasPrefix(path, "/resources/list"):
+		return "resources/list"
+	case strings.HasPrefix(path, "/binary-split/key-fragment"):
+		return "key-fragment"
+	case method == http.MethodPost && strings.HasPrefix(path, "/resources/"):
+		return "resources/upload"
+	}
+	return "other"
+}
+
 // exchange sends r once with s's token. The error is for when no answer came (ErrUnavailable,
 // also wrapping ctx.Err() if ctx ended) or r's body could not be built; any status is an answer.
 func (c *Client) exchange(ctx context.Context, s *session, r *request) (answer, error) {
@@ -89,9 +107,15 @@ func (c *Client) exchange(ctx context.Context, s *session, r *request) (answer, 
 		if ue, ok := errors.AsType[*url.Error](err); ok {
 			err = ue.Err
 		}
+		c.obs.UpstreamCall(endpointOf(r.method, r.path), "unreachable")
 		return answer{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	defer resp.Body.Close()
+	outcome := "ok"
+	if resp.StatusCode/100 != 2 {
+		outcome = strconv.Itoa(resp.StatusCode)
+	}
+	c.obs.UpstreamCall(endpointOf(r.method, r.path), outcome)
 
 	a := answer{status: resp.StatusCode, contentType: resp.Header.Get("Content-Type")}
 	ok := resp.StatusCode/100 == 2
