@@ -8,4 +8,6 @@ var (
 	ErrWrongKey = errors.New("wrong key or corrupted data")
 	// ErrTruncated: the ciphertext is shorter than IV plus one block, or not a whole number of blocks.
 	ErrTruncated = errors.New("ciphertext truncated")
+	// ErrKeySize: the key given is not a 32-byte AES-256 key (a programming error, not bad data).
+	ErrKeySize = errors.New("AES-256 key must be 32 bytes")
 )
