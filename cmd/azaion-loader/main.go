@@ -92,23 +92,27 @@ func printUsage(w io.Writer) {
 	fmt.Fprintln(w, "Every flag can also be set by its environment variable; \"azaion-loader <command> --help\" lists them.")
 }
 
-// newFlagSet returns a flag set whose parse errors come back as usage errors, with --help
-// printing to stdout.
-func newFlagSet(name, synopsis string, stdout io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.Usage = func() {
-		fmt.Fprintf(stdout, "Usage: azaion-loader %s\n\nFlags:\n", synopsis)
-		fs.SetOutput(stdout)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
-	}
-	return fs
+// flagSet is a flag set whose parse errors come back as one-line usage errors and whose --help
+// prints the synopsis and every flag to stdout.
+type flagSet struct {
+	*flag.FlagSet
+	synopsis string
+	stdout   io.Writer
 }
 
-func parse(fs *flag.FlagSet, args []string) error {
+func newFlagSet(name, synopsis string, stdout io.Writer) *flagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {} // the flag package would print it on every error; parse decides
+	return &flagSet{fs, synopsis, stdout}
+}
+
+func parse(fs *flagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(fs.stdout, "Usage: azaion-loader %s\n\nFlags:\n", fs.synopsis)
+			fs.SetOutput(fs.stdout)
+			fs.PrintDefaults()
 			return err
 		}
 		return usageError{err}

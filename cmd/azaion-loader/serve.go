@@ -140,7 +140,7 @@ func (a authAdapter) Session() (httpapi.Session, bool) {
 
 func runServe(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("serve", "serve [--dev] [flags]", stdout)
-	cl := config.Register(fs, getenv)
+	cl := config.Register(fs.FlagSet, getenv)
 	dev := fs.Bool("dev", false, "run with an in-process reference Resource API and S3 server on loopback, a demo user and a demo model (for trying the loader out)")
 	if err := parse(fs, args); err != nil {
 		return err

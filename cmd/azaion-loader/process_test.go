@@ -1,0 +1,277 @@
+package main
+
+// Tests of the real binary, started as a process the way an operator or systemd starts it.
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/azaion/loader/internal/config"
+	"github.com/azaion/loader/internal/logging"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// binary builds azaion-loader once per test run.
+func binary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "azaion-loader-bin-*")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "azaion-loader")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
+func TestHelpListsEveryVariable(t *testing.T) {
+	bin := binary(t)
+	out, err := exec.Command(bin, "--help").CombinedOutput()
+	if err != nil {
+		t.Fatalf("--help: %v\n%s", err, out)
+	}
+	for _, c := range []string{"serve", "unlock", "archive", "hwinfo", "version"} {
+		if !strings.Contains(string(out), c) {
+			t.Errorf("--help does not list the %s command:\n%s", c, out)
+		}
+	}
+	out, err = exec.Command(bin, "serve", "--help").CombinedOutput()
+	if err != nil {
+		t.Fatalf("serve --help: %v\n%s", err, out)
+	}
+	for _, name := range append(config.Names(), "--dev") {
+		if !strings.Contains(string(out), name) {
+			t.Errorf("serve --help does not mention %s", name)
+		}
+	}
+	for _, want := range []string{`default "https://api.azaion.com"`, `default ":8080"`, `default "/opt/azaion/images.enc"`} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("serve --help does not show %s", want)
+		}
+	}
+}
+
+func TestBadCommandLine(t *testing.T) {
+	bin := binary(t)
+	dir := t.TempDir()
+	for _, c := range []struct {
+		name string
+		args []string
+		env  []string
+		want string
+	}{
+		{"unknown flag", []string{"serve", "--no-such-flag"}, nil, "no-such-flag"},
+		{"unknown command", []string{"frobnicate"}, nil, "frobnicate"},
+		{"port out of range", []string{"serve", "--listen-addr", ":99999"}, nil, "LISTEN_ADDR"},
+		{"port from env", []string{"serve"}, []string{"LISTEN_ADDR=:99999"}, "LISTEN_ADDR"},
+		{"archive is a directory", []string{"serve", "--images-path", dir}, nil, "IMAGES_PATH"},
+		{"bad log level", []string{"serve"}, []string{"LOG_LEVEL=chatty"}, "LOG_LEVEL"},
+		{"stray argument", []string{"version", "extra"}, nil, "extra"},
+		{"archive without flags", []string{"archive", "encrypt"}, nil, "--key-fragment"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cmd := exec.Command(bin, c.args...)
+			cmd.Env = append(os.Environ(), c.env...)
+			cmd.Dir = dir
+			out, err := cmd.CombinedOutput()
+			ee, ok := err.(*exec.ExitError)
+			if !ok || ee.ExitCode() != 2 {
+				t.Fatalf("exit %v, want exit code 2; output:\n%s", err, out)
+			}
+			lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+			if len(lines) != 1 || !strings.Contains(lines[0], c.want) {
+				t.Fatalf("want one line naming %s, got:\n%s", c.want, out)
+			}
+		})
+	}
+}
+
+func TestVersionAndHWInfo(t *testing.T) {
+	bin := binary(t)
+	out, err := exec.Command(bin, "version").Output()
+	if err != nil || !strings.HasPrefix(string(out), "azaion-loader dev (commit unknown, go1.") {
+		t.Fatalf("version: %v %q", err, out)
+	}
+	out, err = exec.Command(bin, "hwinfo", "--root", "../../internal/hardware/testdata/vm").Output()
+	if err != nil {
+		t.Fatalf("hwinfo: %v", err)
+	}
+	if !regexp.MustCompile(`^CPU: .+\. GPU: .+\. Memory: .+\. DriveSerial: .+\n$`).Match(out) {
+		t.Fatalf("hwinfo printed %q", out)
+	}
+	again, _ := exec.Command(bin, "hwinfo", "--root", "../../internal/hardware/testdata/vm").Output()
+	if string(again) != string(out) {
+		t.Fatalf("hwinfo not stable: %q then %q", out, again)
+	}
+}
+
+// process is a running azaion-loader serve.
+type process struct {
+	cmd    *exec.Cmd
+	url    string
+	stderr *syncBuffer
+	done   chan struct{} // closed when the process has exited; err is then its exit status
+	err    error
+}
+
+// startProcess starts `azaion-loader serve` on a free loopback port with env added.
+func startProcess(t *testing.T, env ...string) *process {
+	t.Helper()
+	cmd := exec.Command(binary(t), "serve")
+	cmd.Env = append(os.Environ(), append([]string{"LISTEN_ADDR=127.0.0.1:0"}, env...)...)
+	p := &process{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
+	pr, pw := io.Pipe()
+	cmd.Stderr = io.MultiWriter(p.stderr, pw)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = cmd.Wait(); pw.Close(); close(p.done) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-p.done
+	})
+	addr := regexp.MustCompile(`msg=listening addr=(\S+)`)
+	sc := bufio.NewScanner(pr)
+	for sc.Scan() {
+		if m := addr.FindStringSubmatch(sc.Text()); m != nil {
+			p.url = "http://" + m[1]
+			go io.Copy(io.Discard, pr) // keep draining
+			return p
+		}
+	}
+	t.Fatalf("the loader did not start:\n%s", p.stderr.String())
+	return nil
+}
+
+func TestSIGTERMLetsALoadFinish(t *testing.T) {
+	e := newTestEnv(t, envOptions{minio: true}) // reference API and MinIO for the process
+	folder := folderFor(t)
+	const size = 64 << 20
+	content := payload(size, 11)
+	want := sha256.Sum256(content)
+
+	logDir := t.TempDir()
+	old := filepath.Join(logDir, "log_loader_20200101.txt")
+	os.WriteFile(old, []byte("old"), 0o600)
+	monthAgo := time.Now().Add(-31 * 24 * time.Hour)
+	os.Chtimes(old, monthAgo, monthAgo)
+
+	p := startProcess(t, "RESOURCE_API_URL="+e.refSrv.URL, "MODEL_CACHE_DIR="+t.TempDir(), "LOG_DIR="+logDir, "LOG_LEVEL=debug")
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Errorf("a 31-day-old log file survived the start (%v)", err)
+	}
+	post := func(path, ctype string, body io.Reader) *http.Response {
+		req, _ := http.NewRequest(http.MethodPost, p.url+path, body)
+		req.Header.Set("Content-Type", ctype)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	resp := post("/login", "application/json", strings.NewReader(fmt.Sprintf(`{"email":%q,"password":%q}`, testEmail, testPassword)))
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("login: %d", resp.StatusCode)
+	}
+	// Upload through the process, so its cache holds the big part.
+	pr, pw := io.Pipe()
+	mw := multipartWriter(pw, folder, "big.bin", content)
+	go mw()
+	resp = post("/upload/big.bin", "multipart/form-data; boundary="+testBoundary, pr)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("upload: %d", resp.StatusCode)
+	}
+
+	resp = post("/load/big.bin", "application/json", strings.NewReader(`{"folder":"`+folder+`"}`))
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.ContentLength != size {
+		t.Fatalf("load: %d, Content-Length %d", resp.StatusCode, resp.ContentLength)
+	}
+	h := sha256.New()
+	if _, err := io.CopyN(h, resp.Body, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // the server is shutting down while the stream is open
+	n, err := io.Copy(h, resp.Body)
+	if err != nil || n != size-(1<<20) {
+		t.Fatalf("after SIGTERM the client got %d more bytes, err %v", n, err)
+	}
+	if [32]byte(h.Sum(nil)) != want {
+		t.Fatal("the stream finished after SIGTERM differs from the upload")
+	}
+	select {
+	case <-p.done:
+		if p.err != nil {
+			t.Fatalf("exit after SIGTERM: %v\n%s", p.err, p.stderr.String())
+		}
+	case <-time.After(40 * time.Second):
+		t.Fatal("the loader did not exit after SIGTERM")
+	}
+	// Today's log file holds the run, and no secret.
+	data, err := os.ReadFile(filepath.Join(logDir, logging.FileName(time.Now())))
+	if err != nil {
+		t.Fatalf("no log file with today's name: %v", err)
+	}
+	for _, want := range []string{"POST /login", "POST /load/{filename}", "shutting down", "stopped"} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("the log file lacks %q", want)
+		}
+	}
+	if strings.Contains(string(data), testPassword) || strings.Contains(p.stderr.String(), testPassword) {
+		t.Error("the password is in the logs")
+	}
+	if regexp.MustCompile(`eyJ[\w-]+\.[\w-]+\.[\w-]+`).Match(data) {
+		t.Error("a JWT is in the logs")
+	}
+}
+
+const testBoundary = "azaion-test-boundary"
+
+// multipartWriter returns a function streaming a multipart body (folder, then the file) to w.
+func multipartWriter(w *io.PipeWriter, folder, name string, content []byte) func() {
+	return func() {
+		fmt.Fprintf(w, "--%s\r\nContent-Disposition: form-data; name=\"folder\"\r\n\r\n%s\r\n", testBoundary, folder)
+		fmt.Fprintf(w, "--%s\r\nContent-Disposition: form-data; name=\"data\"; filename=%q\r\nContent-Type: application/octet-stream\r\n\r\n", testBoundary, name)
+		w.Write(content)
+		fmt.Fprintf(w, "\r\n--%s--\r\n", testBoundary)
+		w.Close()
+	}
+}
