@@ -76,7 +76,13 @@ func newLoader(cfg config.Config, stderr io.Writer, rootFS string) (*loader, err
 		closer.Close()
 		return nil, err
 	}
-	l.unlock = unlock.New(unlock.Config{ArchivePath: cfg.ImagesPath, Images: cfg.DockerImages, Tag: cfg.APIVersion, Logger: log}, l.api, l.docker)
+	l.unlock = unlock.New(unlock.Config{
+		ArchivePath: cfg.ImagesPath, Images: cfg.DockerImages, Tag: cfg.APIVersion, Logger: log, Observer: l.metrics,
+	}, l.api, l.docker)
+	metrics.WatchUnlock(l.registry, func() (string, int64, int64) {
+		st := l.unlock.Status()
+		return string(st.State), st.BytesDone, st.BytesTotal
+	})
 	return l, nil
 }
 

@@ -402,6 +402,19 @@ func TestUnlockE2EFullCycle(t *testing.T) {
 	if n := e.ref.Calls(refapi.EndpointKeyFragment); n != 1 {
 		t.Errorf("key fragment fetched %d times, want 1", n)
 	}
+	m := scrape(t, e)
+	for metric, want := range map[string]float64{
+		`azaion_loader_unlock_runs_total{outcome="ready"}`:                         1,
+		`azaion_loader_unlock_state{state="ready"}`:                                1,
+		`azaion_loader_unlock_state{state="error"}`:                                0,
+		`azaion_loader_unlock_archive_bytes_total`:                                 float64(size),
+		`azaion_loader_bytes_decrypted_total{what="archive"}`:                      float64(size),
+		`azaion_loader_upstream_calls_total{endpoint="key-fragment",outcome="ok"}`: 1,
+	} {
+		if got, ok := m[metric]; !ok || got != want {
+			t.Errorf("%s = %v (present %v), want %v", metric, got, ok, want)
+		}
+	}
 	e.assertNoSecrets(hex.EncodeToString(ulSHA256(e.fragment)))
 }
 

@@ -19,7 +19,6 @@ type Metrics struct {
 	relogins       prometheus.Counter
 	unlockRuns     *prometheus.CounterVec
 	unlockDuration prometheus.Histogram
-	unlockState    *prometheus.GaugeVec
 }
 
 // UnlockStates are the values the unlock state gauge is labelled with.
@@ -34,7 +33,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		}),
 		bytesDecrypted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "azaion_loader_bytes_decrypted_total",
-			Help: "Bytes decrypted, by what: resource or archive.",
+			Help: "Bytes decrypted, by what: resource (streamed to /load) or archive (streamed to Docker).",
 		}, []string{"what"}),
 		cache: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "azaion_loader_cache_lookups_total",
@@ -61,17 +60,51 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help:    "Duration of unlock workflow runs.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 12),
 		}),
-		unlockState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "azaion_loader_unlock_state",
-			Help: "1 for the unlock workflow's current state, 0 for the others.",
-		}, []string{"state"}),
 	}
 	reg.MustRegister(m.bytesServed, m.bytesDecrypted, m.cache, m.cdnBytes, m.upstream, m.relogins,
-		m.unlockRuns, m.unlockDuration, m.unlockState)
+		m.unlockRuns, m.unlockDuration)
 	m.cache.WithLabelValues("hit")
 	m.cache.WithLabelValues("miss")
-	m.UnlockState("idle")
 	return m
+}
+
+// UnlockStatus is what WatchUnlock reads at every scrape.
+type UnlockStatus func() (state string, bytesDone, bytesTotal int64)
+
+// WatchUnlock registers the unlock workflow's current state and progress, read from status at
+// scrape time, so the gauges can never disagree with GET /unlock/status.
+func WatchUnlock(reg prometheus.Registerer, status UnlockStatus) {
+	reg.MustRegister(unlockCollector{status})
+}
+
+var (
+	unlockStateDesc = prometheus.NewDesc("azaion_loader_unlock_state",
+		"1 for the unlock workflow's current state, 0 for the others.", []string{"state"}, nil)
+	unlockDoneDesc = prometheus.NewDesc("azaion_loader_unlock_archive_bytes_done",
+		"Archive bytes the current or last unlock run has decrypted.", nil, nil)
+	unlockTotalDesc = prometheus.NewDesc("azaion_loader_unlock_archive_bytes_total",
+		"Size of the archive the current or last unlock run decrypts.", nil, nil)
+)
+
+type unlockCollector struct{ status UnlockStatus }
+
+func (unlockCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- unlockStateDesc
+	ch <- unlockDoneDesc
+	ch <- unlockTotalDesc
+}
+
+func (c unlockCollector) Collect(ch chan<- prometheus.Metric) {
+	state, done, total := c.status()
+	for _, s := range UnlockStates {
+		v := 0.0
+		if s == state {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(unlockStateDesc, prometheus.GaugeValue, v, s)
+	}
+	ch <- prometheus.MustNewConstMetric(unlockDoneDesc, prometheus.GaugeValue, float64(done))
+	ch <- prometheus.MustNewConstMetric(unlockTotalDesc, prometheus.GaugeValue, float64(total))
 }
 
 // CacheHit counts a big part served from the cache.
@@ -103,13 +136,6 @@ func (m *Metrics) Served(n int64) {
 	}
 }
 
-// ArchiveDecrypted counts decrypted archive bytes sent to Docker.
-func (m *Metrics) ArchiveDecrypted(n int64) {
-	if m != nil {
-		m.bytesDecrypted.WithLabelValues("archive").Add(float64(n))
-	}
-}
-
 // UpstreamCall counts one Resource API call; outcome is e.g. "ok", "unauthorized", "unavailable".
 func (m *Metrics) UpstreamCall(endpoint, outcome string) {
 	if m != nil {
@@ -124,24 +150,11 @@ func (m *Metrics) Relogin() {
 	}
 }
 
-// UnlockFinished records a finished unlock run.
-func (m *Metrics) UnlockFinished(outcome string, d time.Duration) {
+// UnlockFinished records a finished unlock run and the archive bytes it decrypted.
+func (m *Metrics) UnlockFinished(outcome string, d time.Duration, archiveBytes int64) {
 	if m != nil {
 		m.unlockRuns.WithLabelValues(outcome).Inc()
 		m.unlockDuration.Observe(d.Seconds())
-	}
-}
-
-// UnlockState sets the current unlock state gauge.
-func (m *Metrics) UnlockState(state string) {
-	if m == nil {
-		return
-	}
-	for _, s := range UnlockStates {
-		v := 0.0
-		if s == state {
-			v = 1
-		}
-		m.unlockState.WithLabelValues(s).Set(v)
+		m.bytesDecrypted.WithLabelValues("archive").Add(float64(archiveBytes))
 	}
 }

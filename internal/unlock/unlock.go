@@ -27,6 +27,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/azaion/loader/internal/docker"
 	"github.com/azaion/loader/internal/security"
@@ -51,6 +52,15 @@ type Config struct {
 	Images      []string // repositories without tag; empty means DefaultImages()
 	Tag         string   // the tag every image must carry (API_VERSION); empty means "latest"
 	Logger      *slog.Logger
+	// Observer is told how each run ended, for metrics; nil means none.
+	Observer Observer
+}
+
+// Observer is told about finished workflow runs.
+type Observer interface {
+	// UnlockFinished reports a run that ended "ready" or "error" after d, having decrypted
+	// archiveBytes of the archive.
+	UnlockFinished(outcome string, d time.Duration, archiveBytes int64)
 }
 
 // DefaultImages is the default DOCKER_IMAGES list of SPEC §6.
@@ -102,6 +112,7 @@ type Unlocker struct {
 	state  State
 	reason string        // set with StateError
 	done   chan struct{} // closed when the current run ends; nil when none runs
+	began  time.Time     // when the current run began
 	closed bool
 }
 
@@ -309,6 +320,7 @@ func (u *Unlocker) begin() (done chan struct{}, err error) {
 	done = make(chan struct{})
 	u.done = done
 	u.state, u.reason = StateAuthenticating, ""
+	u.began = time.Now()
 	u.bytesDone.Store(0)
 	u.bytesTotal.Store(0)
 	u.mu.Unlock()
@@ -329,10 +341,18 @@ func (u *Unlocker) finish(ctx context.Context, err error) error {
 	if err != nil && ctx.Err() != nil {
 		err = ErrInterrupted
 	}
+	outcome := string(StateReady)
 	if err != nil {
 		u.fail(err)
+		outcome = string(StateError)
 	} else {
 		u.setState(StateReady)
+	}
+	u.mu.Lock()
+	began, running := u.began, u.done != nil // not running: a precheck failed, no run began
+	u.mu.Unlock()
+	if u.cfg.Observer != nil && running {
+		u.cfg.Observer.UnlockFinished(outcome, time.Since(began), u.bytesDone.Load())
 	}
 	return err
 }
