@@ -8,7 +8,10 @@ package testenv
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -20,6 +23,12 @@ const (
 	EnvMinIOAccessKey = "AZAION_TEST_MINIO_ACCESS_KEY"
 	EnvMinIOSecretKey = "AZAION_TEST_MINIO_SECRET_KEY"
 	EnvMinIOCtl       = "AZAION_TEST_MINIO_CTL"
+	// EnvLockDir names a directory shared by all test processes of one run. go test runs the
+	// packages' test binaries in parallel, so a fault test in one package that stops MinIO or
+	// dockerd would break the tests of another package using it at the same time. With EnvLockDir
+	// set, every test that asks for a part holds a shared lock until it ends, and StopMinIO and
+	// StopDocker take it exclusively until the part is started again.
+	EnvLockDir = "AZAION_TEST_LOCK_DIR"
 )
 
 // MinIOServer is a running MinIO reachable over plain HTTP on loopback.
@@ -48,6 +57,7 @@ func DockerHost(t testing.TB) string {
 	if h == "" {
 		Missing(t, "dockerd ("+EnvDockerHost+")")
 	}
+	parts.shared(t)
 	return h
 }
 
@@ -62,6 +72,7 @@ func MinIO(t testing.TB) MinIOServer {
 	if m.Endpoint == "" || m.AccessKey == "" || m.SecretKey == "" {
 		Missing(t, "MinIO ("+EnvMinIOEndpoint+")")
 	}
+	parts.shared(t)
 	return m
 }
 
@@ -94,8 +105,9 @@ func control(t testing.TB, env, what string) {
 	if os.Getenv(env) == "" {
 		Missing(t, what+" control ("+env+")")
 	}
+	parts.exclusive(t)
 	ctl(t, env, "stop")
-	t.Cleanup(func() { ctl(t, env, "start") })
+	t.Cleanup(func() { ctl(t, env, "start") }) // runs before the lock's cleanup (LIFO)
 }
 
 // ctl runs "$env stop|start"; the script it names is idempotent and waits until the part is
@@ -110,4 +122,92 @@ func ctl(t testing.TB, env, action string) {
 	if err != nil {
 		t.Fatalf("%s %s: %v\n%s", env, action, err, out)
 	}
+}
+
+// parts is the lock that keeps fault tests from stopping a part under another package's test.
+var parts partsLock
+
+// partsLock is a flock(2) on EnvLockDir/parts.lock, shared by every test process of a run. Within
+// one process a count of the tests using a part decides when the shared lock is taken and
+// released. A fault test runs alone in its process (it is not parallel, and go test runs a
+// sequential test alone), so it converts the process's lock to exclusive; flock drops the shared
+// lock before it waits for the exclusive one, so two processes doing so cannot deadlock.
+type partsLock struct {
+	mu    sync.Mutex
+	f     *os.File
+	users int  // tests of this process holding the lock shared
+	held  bool // a fault test of this process holds it exclusively
+}
+
+func (l *partsLock) open(t testing.TB) bool {
+	t.Helper()
+	if l.f != nil {
+		return true
+	}
+	dir := os.Getenv(EnvLockDir)
+	if dir == "" {
+		return false
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "parts.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatalf("testenv: open lock: %v", err)
+	}
+	l.f = f
+	return true
+}
+
+func (l *partsLock) flock(t testing.TB, how int) {
+	t.Helper()
+	for {
+		err := syscall.Flock(int(l.f.Fd()), how)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("testenv: flock: %v", err)
+		}
+		return
+	}
+}
+
+func (l *partsLock) shared(t testing.TB) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.open(t) {
+		return
+	}
+	if l.users == 0 && !l.held {
+		l.flock(t, syscall.LOCK_SH)
+	}
+	l.users++
+	t.Cleanup(func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.users--
+		if l.users == 0 && !l.held {
+			l.flock(t, syscall.LOCK_UN)
+		}
+	})
+}
+
+func (l *partsLock) exclusive(t testing.TB) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.open(t) || l.held {
+		return
+	}
+	l.flock(t, syscall.LOCK_EX)
+	l.held = true
+	t.Cleanup(func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.held = false
+		if l.users > 0 {
+			l.flock(t, syscall.LOCK_SH)
+		} else {
+			l.flock(t, syscall.LOCK_UN)
+		}
+	})
 }

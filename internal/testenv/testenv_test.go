@@ -1,0 +1,197 @@
+package testenv_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/moby/moby/client"
+
+	"github.com/azaion/loader/internal/testenv"
+)
+
+func dockerClient(t *testing.T) *client.Client {
+	t.Helper()
+	c, err := client.New(client.WithHost(testenv.DockerHost(t)))
+	if err != nil {
+		t.Fatalf("docker client: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func pingDocker(c *client.Client, d time.Duration) (client.PingResult, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	return c.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true})
+}
+
+func TestDocker(t *testing.T) {
+	c := dockerClient(t)
+	p, err := pingDocker(c, 10*time.Second)
+	if err != nil {
+		t.Fatalf("ping dockerd: %v", err)
+	}
+	ctx := context.Background()
+	v, err := c.ServerVersion(ctx, client.ServerVersionOptions{})
+	if err != nil {
+		t.Fatalf("docker version: %v", err)
+	}
+	if _, err := c.ImageList(ctx, client.ImageListOptions{}); err != nil {
+		t.Fatalf("docker image list: %v", err)
+	}
+	t.Logf("dockerd %s, server API %s, negotiated %s (ping said %s)", v.Version, v.APIVersion, c.ClientVersion(), p.APIVersion)
+}
+
+func minioClient(t *testing.T, m testenv.MinIOServer) *minio.Client {
+	t.Helper()
+	c, err := minio.New(m.Endpoint, &minio.Options{
+		Creds:        credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""),
+		Secure:       false,
+		BucketLookup: minio.BucketLookupPath,
+		MaxRetries:   1,
+	})
+	if err != nil {
+		t.Fatalf("minio client: %v", err)
+	}
+	return c
+}
+
+func listBuckets(c *minio.Client, d time.Duration) ([]minio.BucketInfo, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	return c.ListBuckets(ctx)
+}
+
+// makeBucket creates a bucket with one object and returns its name.
+func makeBucket(t *testing.T, c *minio.Client, payload []byte) string {
+	t.Helper()
+	ctx := context.Background()
+	bucket := fmt.Sprintf("testenv-%d", time.Now().UnixNano())
+	if err := c.MakeBucket(ctx, bucket, minio.MakeBucketOptions{}); err != nil {
+		t.Fatalf("make bucket: %v", err)
+	}
+	if _, err := c.PutObject(ctx, bucket, "obj.big", bytes.NewReader(payload), int64(len(payload)), minio.PutObjectOptions{}); err != nil {
+		t.Fatalf("put object: %v", err)
+	}
+	return bucket
+}
+
+func getObject(t *testing.T, c *minio.Client, bucket string) []byte {
+	t.Helper()
+	o, err := c.GetObject(context.Background(), bucket, "obj.big", minio.GetObjectOptions{})
+	if err != nil {
+		t.Fatalf("get object: %v", err)
+	}
+	defer o.Close()
+	b, err := io.ReadAll(o)
+	if err != nil {
+		t.Fatalf("read object: %v", err)
+	}
+	return b
+}
+
+func TestMinIO(t *testing.T) {
+	m := testenv.MinIO(t)
+	if !strings.HasPrefix(m.URL(), "http://") {
+		t.Fatalf("URL() = %q, want http://...", m.URL())
+	}
+	c := minioClient(t, m)
+	if _, err := listBuckets(c, 10*time.Second); err != nil {
+		t.Fatalf("list buckets at %s: %v", m.Endpoint, err)
+	}
+	payload := []byte("the big part")
+	bucket := makeBucket(t, c, payload)
+	if got := getObject(t, c, bucket); !bytes.Equal(got, payload) {
+		t.Fatalf("object = %q, want %q", got, payload)
+	}
+}
+
+func TestOpenSSL(t *testing.T) {
+	out, err := exec.Command(testenv.OpenSSL(t), "version").CombinedOutput()
+	if err != nil {
+		t.Fatalf("openssl version: %v\n%s", err, out)
+	}
+	t.Logf("%s", bytes.TrimSpace(out))
+}
+
+// TestFaultMinIOStopStart checks the control script: down after StopMinIO, up again with the same
+// data after StartMinIO.
+func TestFaultMinIOStopStart(t *testing.T) {
+	m := testenv.MinIO(t)
+	c := minioClient(t, m)
+	payload := []byte("kept across a restart")
+	bucket := makeBucket(t, c, payload)
+
+	testenv.StopMinIO(t)
+	if _, err := listBuckets(c, 5*time.Second); err == nil {
+		t.Fatal("list buckets succeeded after StopMinIO")
+	}
+	testenv.StopMinIO(t) // idempotent
+
+	testenv.StartMinIO(t)
+	testenv.StartMinIO(t) // idempotent
+	if _, err := listBuckets(c, 10*time.Second); err != nil {
+		t.Fatalf("list buckets after StartMinIO: %v", err)
+	}
+	if got := getObject(t, c, bucket); !bytes.Equal(got, payload) {
+		t.Fatalf("after restart object = %q, want %q (data dir not kept?)", got, payload)
+	}
+}
+
+func TestFaultDockerStopStart(t *testing.T) {
+	c := dockerClient(t)
+	if _, err := pingDocker(c, 10*time.Second); err != nil {
+		t.Fatalf("ping dockerd: %v", err)
+	}
+	testenv.StopDocker(t)
+	if _, err := pingDocker(c, 5*time.Second); err == nil {
+		t.Fatal("ping succeeded after StopDocker")
+	}
+	testenv.StartDocker(t)
+	testenv.StartDocker(t) // idempotent
+	if _, err := pingDocker(c, 10*time.Second); err != nil {
+		t.Fatalf("ping after StartDocker: %v", err)
+	}
+}
+
+// TestMissingPart runs this test binary again without the parts: the part tests must skip on a
+// developer's machine and fail under CI=true.
+func TestMissingPart(t *testing.T) {
+	if os.Getenv("TESTENV_CHILD") != "" {
+		t.Skip("child process")
+	}
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "AZAION_TEST_") && !strings.HasPrefix(kv, "CI=") {
+			env = append(env, kv)
+		}
+	}
+	env = append(env, "TESTENV_CHILD=1")
+	run := func(ci bool) (string, error) {
+		cmd := exec.Command(os.Args[0], "-test.run=^(TestDocker|TestMinIO|TestFaultMinIOStopStart)$", "-test.v")
+		cmd.Env = env
+		if ci {
+			cmd.Env = append(cmd.Env, "CI=true")
+		}
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+
+	out, err := run(false)
+	if err != nil || strings.Count(out, "--- SKIP") != 3 {
+		t.Errorf("without CI: want 3 skipped tests and success, got err=%v\n%s", err, out)
+	}
+	out, err = run(true)
+	if err == nil || strings.Count(out, "--- FAIL") != 3 || !strings.Contains(out, "CI=true") {
+		t.Errorf("with CI=true: want 3 failed tests, got err=%v\n%s", err, out)
+	}
+}

@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# parts.sh — start and stop the real parts the integration tests use, each under a private state
+# directory, so it never touches a system dockerd or MinIO.
+#
+#   parts.sh docker STATEDIR start|stop|status
+#   parts.sh minio  STATEDIR start|stop|status
+#   parts.sh reap-stale PREFIX        stop the parts of state dirs PREFIX* whose test run is gone
+#
+# start waits until the part answers, stop waits until it is down; both are idempotent, and a
+# restart reuses the same data dir, socket and port. scripts/test.sh prepares STATEDIR (tools in
+# STATEDIR/bin, MinIO port and credentials in STATEDIR/minio/env) and exports
+# AZAION_TEST_DOCKER_CTL="parts.sh docker STATEDIR" and AZAION_TEST_MINIO_CTL="parts.sh minio STATEDIR".
+set -euo pipefail
+
+START_TIMEOUT=${AZAION_PART_START_TIMEOUT:-90} # seconds
+STOP_TIMEOUT=${AZAION_PART_STOP_TIMEOUT:-30}   # seconds before SIGKILL
+
+die() {
+	echo "parts.sh: $*" >&2
+	exit 1
+}
+
+# alive PID: the process exists and is not a zombie.
+alive() {
+	local pid=$1 state
+	[[ -n $pid && -r /proc/$pid/stat ]] || return 1
+	state=$(sed -E 's/^[0-9]+ \(.*\) (.).*/\1/' "/proc/$pid/stat" 2>/dev/null) || return 1
+	[[ $state != Z && $state != X ]]
+}
+
+# pids_under DIR: processes whose command line mentions DIR/ (dockerd, its containerd, minio).
+pids_under() {
+	local dir=$1 p cmd
+	for p in /proc/[0-9]*; do
+		p=${p#/proc/}
+		[[ $p == "$$" ]] && continue
+		cmd=$(tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline") || continue
+		case $cmd in
+		*parts.sh* | *test.sh*) ;;
+		*"$dir/"*) alive "$p" && echo "$p" ;;
+		esac
+	done
+	return 0
+}
+
+# stop_pids TIMEOUT PID...: SIGTERM, wait up to TIMEOUT s, then SIGKILL and wait.
+stop_pids() {
+	local timeout=$1 pid i
+	shift
+	(($# > 0)) || return 0
+	kill -TERM "$@" 2>/dev/null || true
+	for ((i = 0; i < timeout * 10; i++)); do
+		local any=
+		for pid in "$@"; do alive "$pid" && any=1; done
+		[[ -z $any ]] && return 0
+		sleep 0.1
+	done
+	echo "parts.sh: still running after ${timeout}s, sending SIGKILL to $*" >&2
+	kill -KILL "$@" 2>/dev/null || true
+	for ((i = 0; i < 100; i++)); do
+		local any=
+		for pid in "$@"; do alive "$pid" && any=1; done
+		[[ -z $any ]] && return 0
+		sleep 0.1
+	done
+	die "cannot stop $*"
+}
+
+logtail() {
+	echo "---- last lines of $1 ----" >&2
+	tail -n "${2:-40}" "$1" >&2 2>/dev/null || true
+	echo "----" >&2
+}
+
+probe() { "$STATE/bin/testprobe" "$@" >/dev/null 2>&1; }
+
+# ---- dockerd ---------------------------------------------------------------------------------
+
+docker_init() {
+	D=$STATE/docker
+	HOST=unix://$D/docker.sock
+	mkdir -p "$D"
+}
+
+docker_running() { alive "$(cat "$D/run.pid" 2>/dev/null)"; }
+
+docker_status() {
+	docker_init
+	docker_running && probe docker "$HOST"
+}
+
+docker_start() {
+	docker_init
+	if docker_running; then
+		wait_docker "$(cat "$D/run.pid")"
+		return
+	fi
+	# Leftovers of a killed daemon (its containerd, a stale pid file or socket) block a new one.
+	# shellcheck disable=SC2046
+	stop_pids "$STOP_TIMEOUT" $(pids_under "$D")
+	rm -f "$D/docker.sock" "$D/pid" "$D/exec/containerd/containerd.pid"
+	command -v dockerd >/dev/null || die "dockerd not found (apt-get install docker.io)"
+	echo "==== dockerd start $(date -u +%FT%TZ)" >>"$D/dockerd.log"
+	setsid dockerd --host "$HOST" --data-root "$D/root" --exec-root "$D/exec" --pidfile "$D/pid" \
+		--iptables=false --ip6tables=false --bridge=none --storage-driver=vfs \
+		</dev/null >>"$D/dockerd.log" 2>&1 &
+	echo $! >"$D/run.pid"
+	wait_docker $!
+}
+
+wait_docker() {
+	local pid=$1 i
+	for ((i = 0; i < START_TIMEOUT * 4; i++)); do
+		probe docker "$HOST" && return 0
+		if ! alive "$pid"; then
+			logtail "$D/dockerd.log"
+			die "dockerd exited while starting (log: $D/dockerd.log)"
+		fi
+		sleep 0.25
+	done
+	logtail "$D/dockerd.log"
+	die "dockerd did not answer on $HOST within ${START_TIMEOUT}s (log: $D/dockerd.log)"
+}
+
+docker_stop() {
+	docker_init
+	local pid
+	pid=$(cat "$D/run.pid" 2>/dev/null || true)
+	if alive "$pid"; then stop_pids "$STOP_TIMEOUT" "$pid"; fi
+	# dockerd stops the containerd it started; a killed one leaves it behind.
+	# shellcheck disable=SC2046
+	stop_pids 10 $(pids_under "$D")
+	rm -f "$D/run.pid"
+	! probe docker "$HOST" || die "dockerd still answers on $HOST after stop"
+}
+
+# ---- MinIO -----------------------------------------------------------------------------------
+
+minio_init() {
+	M=$STATE/minio
+	[[ -r $M/env ]] || die "$M/env missing (scripts/test.sh writes it)"
+	# shellcheck disable=SC1091
+	source "$M/env" # MINIO_BIN, MINIO_PORT, MINIO_ROOT_USER, MINIO_ROOT_PASSWORD
+	URL=http://127.0.0.1:$MINIO_PORT/minio/health/ready
+}
+
+minio_running() { alive "$(cat "$M/run.pid" 2>/dev/null)"; }
+
+minio_status() {
+	minio_init
+	minio_running && probe http "$URL"
+}
+
+minio_start() {
+	minio_init
+	if minio_running; then
+		wait_minio "$(cat "$M/run.pid")"
+		return
+	fi
+	# shellcheck disable=SC2046
+	stop_pids "$STOP_TIMEOUT" $(pids_under "$M")
+	mkdir -p "$M/data"
+	echo "==== minio start $(date -u +%FT%TZ)" >>"$M/minio.log"
+	MINIO_ROOT_USER=$MINIO_ROOT_USER MINIO_ROOT_PASSWORD=$MINIO_ROOT_PASSWORD \
+		MINIO_BROWSER=off MINIO_UPDATE=off MINIO_CI_CD=1 \
+		setsid "$MINIO_BIN" server "$M/data" --address "127.0.0.1:$MINIO_PORT" --quiet \
+		</dev/null >>"$M/minio.log" 2>&1 &
+	echo $! >"$M/run.pid"
+	wait_minio $!
+}
+
+wait_minio() {
+	local pid=$1 i
+	for ((i = 0; i < START_TIMEOUT * 4; i++)); do
+		probe http "$URL" && return 0
+		if ! alive "$pid"; then
+			logtail "$M/minio.log"
+			die "minio exited while starting (log: $M/minio.log)"
+		fi
+		sleep 0.25
+	done
+	logtail "$M/minio.log"
+	die "minio did not answer on $URL within ${START_TIMEOUT}s (log: $M/minio.log)"
+}
+
+minio_stop() {
+	minio_init
+	local pid
+	pid=$(cat "$M/run.pid" 2>/dev/null || true)
+	if alive "$pid"; then stop_pids "$STOP_TIMEOUT" "$pid"; fi
+	# shellcheck disable=SC2046
+	stop_pids 10 $(pids_under "$M")
+	rm -f "$M/run.pid"
+	! probe http "$URL" || die "minio still answers on $URL after stop"
+}
+
+# ---- stale runs ------------------------------------------------------------------------------
+
+# unmount_under DIR: a daemon killed with -9 may leave mounts below its exec/data root.
+unmount_under() {
+	local dir=$1 mnt
+	awk -v d="$dir/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r | while read -r mnt; do
+		umount -l "$mnt" 2>/dev/null || true
+	done
+}
+
+reap_stale() {
+	local prefix=$1 d owner cmd
+	for d in "$prefix"*/; do
+		[[ -d $d ]] || continue
+		d=${d%/}
+		owner=$(cat "$d/owner.pid" 2>/dev/null || true)
+		if alive "$owner"; then
+			cmd=$(tr '\0' ' ' 2>/dev/null <"/proc/$owner/cmdline" || true)
+			[[ $cmd == *test.sh* ]] && continue # a run in progress
+		fi
+		echo "parts.sh: cleaning up stale test state $d" >&2
+		# shellcheck disable=SC2046
+		stop_pids "$STOP_TIMEOUT" $(pids_under "$d")
+		unmount_under "$d"
+		rm -rf "$d"
+	done
+}
+
+# ---- main ------------------------------------------------------------------------------------
+
+case "${1:-}" in
+reap-stale)
+	[[ $# -eq 2 ]] || die "usage: parts.sh reap-stale PREFIX"
+	reap_stale "$2"
+	;;
+docker | minio)
+	[[ $# -eq 3 ]] || die "usage: parts.sh $1 STATEDIR start|stop|status"
+	STATE=$(cd "$2" && pwd) || die "no state dir $2"
+	case $3 in
+	start | stop | status) "$1_$3" ;;
+	*) die "unknown action $3 (start|stop|status)" ;;
+	esac
+	;;
+*) die "usage: parts.sh docker|minio STATEDIR start|stop|status, or parts.sh reap-stale PREFIX" ;;
+esac
