@@ -3,6 +3,7 @@ package security
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"testing"
 	"testing/iotest"
@@ -10,7 +11,7 @@ import (
 
 // FuzzDecrypt checks that no input panics, that plaintext is only ever accepted with valid
 // padding (re-encrypting it with the same IV must give back the input), and that the three
-// ways to decrypt agree.
+// ways to decrypt agree, NewDecrypter with its parallel path forced too.
 func FuzzDecrypt(f *testing.F) {
 	for _, n := range []int{0, 1, 15, 16, 17, 100} {
 		ct := encryptIV(plaintext(n), testKey, testIV)
@@ -44,6 +45,16 @@ func FuzzDecrypt(f *testing.F) {
 			t.Fatalf("NewDecrypter error %v, Decrypt error %v", serr, err)
 		case err != nil && len(out) > max(len(ct)-2*BlockSize, 0):
 			t.Fatalf("NewDecrypter handed out %d bytes of a bad final block", len(out))
+		}
+
+		// The parallel path, cut into one-block pieces, must give the same bytes and error.
+		r = bytes.NewReader(ct)
+		if oneByte {
+			r = iotest.OneByteReader(r)
+		}
+		pout, pserr := io.ReadAll(newDecrypter(r, testKey, 3, BlockSize))
+		if !bytes.Equal(pout, out) || fmt.Sprint(pserr) != fmt.Sprint(serr) {
+			t.Fatalf("parallel NewDecrypter: %d bytes, %v; sequential: %d bytes, %v", len(pout), pserr, len(out), serr)
 		}
 
 		size, perr := PlaintextSize(bytes.NewReader(ct), int64(len(ct)), testKey)

@@ -20,8 +20,9 @@ const BlockSize = aes.BlockSize
 // KeySize is the length of an AES-256 key, the only length the functions here accept.
 const KeySize = 32
 
-// chunkSize is how much ciphertext the streams handle per step: large enough that the
-// per-call cost of CBC is negligible, small enough to stay in cache.
+// chunkSize is how much data the encrypting streams handle per step: large enough that the
+// per-call cost of CBC is negligible, small enough to stay in cache. NewDecrypter, which can
+// spread a step over several cores, uses the larger decryptChunkSize.
 const chunkSize = 64 << 10
 
 // Hash is the standard Base64 of SHA-384 over the UTF-8 bytes of s.

@@ -197,24 +197,38 @@ func (e *encryptReader) encrypt(k int) {
 //
 // Bytes before the last block are handed out as they are decrypted, before the padding can
 // be checked: a consumer must not act on them until it has read to io.EOF.
+//
+// A large read from r is decrypted by up to GOMAXPROCS goroutines at once (CBC decryption
+// has no chaining state, SPEC §4); they have all ended when the Read that started them
+// returns, so an abandoned decrypter leaves nothing running. It keeps a buffer of about
+// 512 KiB whatever the length of the data.
 func NewDecrypter(r io.Reader, key []byte) io.Reader {
+	return newDecrypter(r, key, workers(), minPart)
+}
+
+// newDecrypter is NewDecrypter with the parallelism of cbcPool given, for tests.
+func newDecrypter(r io.Reader, key []byte, workers, minPart int) *decrypter {
 	block, err := newBlock(key)
 	if err != nil {
 		return &decrypter{err: err}
 	}
-	return &decrypter{r: r, block: block}
+	return &decrypter{r: r, block: block, workers: workers, minPart: minPart}
 }
 
 type decrypter struct {
-	r     io.Reader
-	block cipher.Block
-	mode  cipher.BlockMode // nil until the IV is read
-	buf   []byte           // ciphertext, decrypted in place; allocated on first Read
-	n     int              // bytes of buf filled
-	done  int              // buf[:done] is plaintext (out is its unread tail); buf[done:n] ciphertext
-	total int64            // bytes read from r, for the error message
-	out   []byte           // plaintext not yet handed out
-	err   error            // sticky; io.EOF after the last block
+	r       io.Reader
+	block   cipher.Block
+	workers int             // for cbc
+	minPart int             // for cbc
+	cbc     *cbcPool        // allocated on first Read, with buf
+	iv      [BlockSize]byte // the ciphertext block before buf[0]
+	haveIV  bool
+	buf     []byte // ciphertext, decrypted in place
+	n       int    // bytes of buf filled
+	done    int    // buf[:done] is plaintext (out is its unread tail); buf[done:n] ciphertext
+	total   int64  // bytes read from r, for the error message
+	out     []byte // plaintext not yet handed out
+	err     error  // sticky; io.EOF after the last block
 }
 
 func (d *decrypter) Read(p []byte) (int, error) {
@@ -233,10 +247,12 @@ func (d *decrypter) Read(p []byte) (int, error) {
 }
 
 // fill reads more ciphertext and decrypts all whole blocks but the last one read, which may
-// be the final, padded block.
+// be the final, padded block. A large read is decrypted by several goroutines at once (see
+// cbcPool), all of which have ended when fill returns.
 func (d *decrypter) fill() {
 	if d.buf == nil {
-		d.buf = make([]byte, chunkSize+BlockSize)
+		d.buf = make([]byte, decryptChunkSize+BlockSize)
+		d.cbc = newCBCPool(d.block, d.workers, d.minPart)
 	}
 	d.n = copy(d.buf, d.buf[d.done:d.n])
 	d.done = 0
@@ -244,16 +260,17 @@ func (d *decrypter) fill() {
 		m, err := d.r.Read(d.buf[d.n:])
 		d.n += m
 		d.total += int64(m)
-		if d.mode == nil && d.n >= BlockSize {
-			d.mode = cipher.NewCBCDecrypter(d.block, d.buf[:BlockSize])
+		if !d.haveIV && d.n >= BlockSize {
+			copy(d.iv[:], d.buf)
+			d.haveIV = true
 			d.n = copy(d.buf, d.buf[BlockSize:d.n])
 		}
 		if err == io.EOF {
 			d.finish()
 			return
 		}
-		if k := (d.n/BlockSize - 1) * BlockSize; k > 0 && d.mode != nil {
-			d.mode.CryptBlocks(d.buf[:k], d.buf[:k])
+		if k := (d.n/BlockSize - 1) * BlockSize; k > 0 && d.haveIV {
+			d.cbc.decrypt(&d.iv, d.buf[:k])
 			d.done = k
 			d.out = d.buf[:k]
 		}
@@ -279,7 +296,7 @@ func (d *decrypter) finish() {
 		d.err = err
 		return
 	}
-	d.mode.CryptBlocks(d.buf[:d.n], d.buf[:d.n])
+	d.cbc.decrypt(&d.iv, d.buf[:d.n])
 	last := d.n - BlockSize
 	n, ok := unpad(d.buf[last:d.n])
 	if !ok {
