@@ -49,6 +49,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/azaion/loader/bench/internal/bytesize"
 	"github.com/azaion/loader/internal/refapi"
 	"github.com/azaion/loader/internal/security"
 )
@@ -86,13 +87,13 @@ func run() error {
 	flag.Parse()
 	var sizes []int64
 	for _, s := range strings.Split(*sizesFlag, ",") {
-		n, err := parseSize(s)
+		n, err := bytesize.Parse(s)
 		if err != nil {
 			return fmt.Errorf("-sizes: %w", err)
 		}
 		sizes = append(sizes, n)
 	}
-	growthLimit, err := parseSize(*maxGrowth)
+	growthLimit, err := bytesize.Parse(*maxGrowth)
 	if err != nil {
 		return fmt.Errorf("-max-rss-growth: %w", err)
 	}
@@ -159,12 +160,12 @@ func run() error {
 		t0 := time.Now()
 		encPath, sum, err := prepare(ref, key, cacheDir, dir, name, size, uint64(i))
 		if err != nil {
-			return fmt.Errorf("prepare %s: %w", human(size), err)
+			return fmt.Errorf("prepare %s: %w", bytesize.Format(size), err)
 		}
-		fmt.Printf("setup: %s resource encrypted, split and placed in %v\n", human(size), time.Since(t0).Round(time.Millisecond))
+		fmt.Printf("setup: %s resource encrypted, split and placed in %v\n", bytesize.Format(size), time.Since(t0).Round(time.Millisecond))
 		res, err := measure(*bin, openssl, refURL, cacheDir, dir, encPath, name, size, sum, key, *runs, *sink == "sha256")
 		if err != nil {
-			return fmt.Errorf("%s: %w", human(size), err)
+			return fmt.Errorf("%s: %w", bytesize.Format(size), err)
 		}
 		results = append(results, res)
 		os.Remove(encPath)
@@ -178,9 +179,9 @@ func run() error {
 	for _, r := range results {
 		lb, lm := bestMedian(r.loader)
 		ob, om := bestMedian(r.openssl)
-		fmt.Printf("%-10s  %10.1f %10.1f  %10.1f %10.1f  %12.2f  %12s %12s  %10s\n", human(r.size),
+		fmt.Printf("%-10s  %10.1f %10.1f  %10.1f %10.1f  %12.2f  %12s %12s  %10s\n", bytesize.Format(r.size),
 			mib(r.size, lb), mib(r.size, lm), mib(r.size, ob), mib(r.size, om), mib(r.size, lb)/mib(r.size, ob),
-			human(r.startRSS), human(r.startHWM), human(r.peakHWM))
+			bytesize.Format(r.startRSS), bytesize.Format(r.startHWM), bytesize.Format(r.peakHWM))
 	}
 	fmt.Printf("\nload average after the run: %s\n", loadAvg())
 	if len(results) < 2 {
@@ -196,11 +197,11 @@ func run() error {
 		}
 	}
 	growth := large.peakHWM - small.peakHWM
-	fmt.Printf("VmHWM growth %s → %s: %s (limit %s; getrusage maxrss %s → %s)\n", human(small.size), human(large.size),
-		humanSigned(growth), human(growthLimit), human(small.maxrssAfter), human(large.maxrssAfter))
+	fmt.Printf("VmHWM growth %s → %s: %s (limit %s; getrusage maxrss %s → %s)\n", bytesize.Format(small.size), bytesize.Format(large.size),
+		humanSigned(growth), bytesize.Format(growthLimit), bytesize.Format(small.maxrssAfter), bytesize.Format(large.maxrssAfter))
 	if growth > growthLimit {
 		return fmt.Errorf("the loader's peak RSS grows with the resource: %s more at %s than at %s (limit %s)",
-			humanSigned(growth), human(large.size), human(small.size), human(growthLimit))
+			humanSigned(growth), bytesize.Format(large.size), bytesize.Format(small.size), bytesize.Format(growthLimit))
 	}
 	return nil
 }
@@ -452,41 +453,11 @@ func sha256Rate() float64 {
 	return n / time.Since(t0).Seconds()
 }
 
-func parseSize(s string) (int64, error) {
-	s = strings.TrimSpace(s)
-	mult := int64(1)
-	for _, u := range []struct {
-		suffix string
-		mult   int64
-	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}} {
-		if v, ok := strings.CutSuffix(s, u.suffix); ok {
-			s, mult = v, u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("want a positive size such as 256MiB, got %q", s)
-	}
-	return n * mult, nil
-}
-
-func human(n int64) string {
-	switch {
-	case n < 0:
-		return "unknown"
-	case n >= 1<<30:
-		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
-	default:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	}
-}
-
 func humanSigned(n int64) string {
 	if n < 0 {
-		return "-" + human(-n)
+		return "-" + bytesize.Format(-n)
 	}
-	return "+" + human(n)
+	return "+" + bytesize.Format(n)
 }
 
 func cpuModel() string {

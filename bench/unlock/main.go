@@ -3,9 +3,9 @@
 //
 //	go run ./bench/unlock -size 1GiB -docker-host unix:///tmp/x/docker.sock
 //
-// It makes an image with one large random layer (Engine API ImageImport of a streamed rootfs),
-// saves it straight into `openssl enc` to get an encrypted archive (IV ‖ AES-256-CBC, key
-// SHA-256(fragment)), removes the image, and then measures
+// It makes an image with one large random layer (Engine API ImageImport of a streamed rootfs,
+// dockertest.ImportRandom), saves it straight into `openssl enc` to get an encrypted archive
+// (IV ‖ AES-256-CBC, key SHA-256(fragment)), removes the image, and then measures
 //
 //	(a) ours: the Unlocker (fake upstream serving the fragment, the real Engine client) in a child
 //	    process of this program, so that its peak RSS can be read (VmHWM, and getrusage maxrss);
@@ -17,7 +17,6 @@
 package main
 
 import (
-	"archive/tar"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -27,7 +26,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	mrand "math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -40,7 +38,9 @@ import (
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/client"
 
+	"github.com/azaion/loader/bench/internal/bytesize"
 	"github.com/azaion/loader/internal/docker"
+	"github.com/azaion/loader/internal/docker/dockertest"
 	"github.com/azaion/loader/internal/unlock"
 )
 
@@ -124,11 +124,11 @@ func parent() error {
 	workDir := flag.String("dir", "", "directory for the archive and the seed's tar (default: a new temp dir, removed at the end)")
 	maxRSS := flag.String("max-rss", "64MiB", "fail when our peak RSS exceeds this")
 	flag.Parse()
-	size, err := parseSize(*sizeFlag)
+	size, err := bytesize.Parse(*sizeFlag)
 	if err != nil {
 		return fmt.Errorf("-size: %w", err)
 	}
-	limit, err := parseSize(*maxRSS)
+	limit, err := bytesize.Parse(*maxRSS)
 	if err != nil {
 		return fmt.Errorf("-max-rss: %w", err)
 	}
@@ -163,11 +163,11 @@ func parent() error {
 	defer removeImage(cli, ref)
 
 	fmt.Printf("machine: %s/%s, %d CPUs, %s; %s\n", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), cpuModel(), runtime.Version())
-	fmt.Printf("dockerd: %s; layer %s; work dir %s\n", *host, human(size), dir)
+	fmt.Printf("dockerd: %s; layer %s; work dir %s\n", *host, bytesize.Format(size), dir)
 
 	// The image and its encrypted archive.
 	t0 := time.Now()
-	if err := importImage(ctx, cli, ref, size); err != nil {
+	if err := dockertest.ImportRandom(ctx, cli, ref, size); err != nil {
 		return fmt.Errorf("import: %w", err)
 	}
 	fmt.Printf("setup: image imported in %v\n", time.Since(t0).Round(time.Millisecond))
@@ -187,7 +187,7 @@ func parent() error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("setup: archive of %s saved and encrypted by openssl in %v\n", human(fi.Size()), time.Since(t0).Round(time.Millisecond))
+	fmt.Printf("setup: archive of %s saved and encrypted by openssl in %v\n", bytesize.Format(fi.Size()), time.Since(t0).Round(time.Millisecond))
 	if err := removeImage(cli, ref); err != nil {
 		return err
 	}
@@ -246,41 +246,16 @@ func parent() error {
 
 	mib := func(d time.Duration) float64 { return float64(fi.Size()) / (1 << 20) / d.Seconds() }
 	fmt.Println()
-	fmt.Printf("archive                %s\n", human(fi.Size()))
+	fmt.Printf("archive                %s\n", bytesize.Format(fi.Size()))
 	fmt.Printf("(a) ours               %8.2f s  %6.1f MiB/s  (decrypt streamed into the Engine API image load; child process)\n", ours.Seconds(), mib(ours))
 	fmt.Printf("(b) seed               %8.2f s  %6.1f MiB/s  = openssl enc -d to a tar file %.2f s + %s %.2f s\n", seed.Seconds(), mib(seed), seedDecrypt.Seconds(), how, seedLoadTime.Seconds())
 	fmt.Printf("ratio ours/seed        %8.2f\n", ours.Seconds()/seed.Seconds())
-	fmt.Printf("our peak RSS           VmHWM %s, getrusage maxrss %s (limit %s)\n", human(res.VmHWMKiB<<10), human(maxrssKiB<<10), human(limit))
-	fmt.Printf("plaintext on disk      ours: none; seed: a %s tar\n", human(fi.Size()-32))
+	fmt.Printf("our peak RSS           VmHWM %s, getrusage maxrss %s (limit %s)\n", bytesize.Format(res.VmHWMKiB<<10), bytesize.Format(maxrssKiB<<10), bytesize.Format(limit))
+	fmt.Printf("plaintext on disk      ours: none; seed: a %s tar\n", bytesize.Format(fi.Size()-32))
 	if res.VmHWMKiB<<10 > limit || maxrssKiB<<10 > limit {
-		return fmt.Errorf("our peak RSS is over the %s limit", human(limit))
+		return fmt.Errorf("our peak RSS is over the %s limit", bytesize.Format(limit))
 	}
 	return nil
-}
-
-// importImage makes ref from a rootfs holding one file of size pseudo-random bytes, streamed.
-func importImage(ctx context.Context, cli *client.Client, ref string, size int64) error {
-	pr, pw := io.Pipe()
-	go func() {
-		tw := tar.NewWriter(pw)
-		err := tw.WriteHeader(&tar.Header{Name: "big.bin", Mode: 0o644, Size: size, ModTime: time.Unix(0, 0)})
-		if err == nil {
-			var seed [32]byte
-			rand.Read(seed[:])
-			_, err = io.CopyN(tw, mrand.NewChaCha8(seed), size)
-		}
-		if err == nil {
-			err = tw.Close()
-		}
-		pw.CloseWithError(err)
-	}()
-	res, err := cli.ImageImport(ctx, client.ImageImportSource{Source: pr, SourceName: "-"}, ref, client.ImageImportOptions{})
-	if err != nil {
-		pr.CloseWithError(err)
-		return err
-	}
-	defer res.Close()
-	return drain(res)
 }
 
 // saveEncrypted pipes `docker save ref` into openssl and writes IV ‖ ciphertext to path.
@@ -337,7 +312,7 @@ func seedLoad(ctx context.Context, cli *client.Client, host, tarPath string) (st
 		return "", err
 	}
 	defer res.Close()
-	return "Engine API ImageLoad of the file", drain(res)
+	return "Engine API ImageLoad of the file", docker.ReadMessages(res)
 }
 
 func exists(cli *client.Client, ref string) (bool, error) {
@@ -354,54 +329,6 @@ func removeImage(cli *client.Client, ref string) error {
 		return fmt.Errorf("remove %s: %w", ref, err)
 	}
 	return nil
-}
-
-func drain(r io.Reader) error {
-	dec := json.NewDecoder(r)
-	for {
-		var m struct {
-			ErrorDetail *struct {
-				Message string `json:"message"`
-			} `json:"errorDetail"`
-		}
-		if err := dec.Decode(&m); err == io.EOF {
-			return nil
-		} else if err != nil {
-			return err
-		}
-		if m.ErrorDetail != nil {
-			return fmt.Errorf("docker: %s", m.ErrorDetail.Message)
-		}
-	}
-}
-
-func parseSize(s string) (int64, error) {
-	mult := int64(1)
-	for _, u := range []struct {
-		suffix string
-		mult   int64
-	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}} {
-		if v, ok := strings.CutSuffix(s, u.suffix); ok {
-			s, mult = v, u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("want a positive size such as 256MiB, got %q", s)
-	}
-	return n * mult, nil
-}
-
-func human(n int64) string {
-	switch {
-	case n < 0:
-		return "unknown"
-	case n >= 1<<30:
-		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
-	default:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	}
 }
 
 func cpuModel() string {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/azaion/loader/internal/docker/dockertest"
 	"github.com/azaion/loader/internal/refapi"
 )
 
@@ -53,8 +54,8 @@ func TestUnlockCLI(t *testing.T) {
 	e := newTestEnv(t, envOptions{docker: true, images: images, tag: tag})
 	refs := ulRefs(images, tag)
 	// One image with a 16 MiB layer, so that the run lasts a few progress ticks.
-	ulBigImage(t, e.cfg.DockerHost, refs[0], 16<<20)
-	ulBigImage(t, e.cfg.DockerHost, refs[1], 1<<10)
+	dockertest.RandomImage(t, e.cfg.DockerHost, refs[0], 16<<20)
+	dockertest.RandomImage(t, e.cfg.DockerHost, refs[1], 1<<10)
 	ulSaveEncrypted(t, e.cfg.DockerHost, refs, e.fragment, e.cfg.ImagesPath)
 
 	env := map[string]string{"AZAION_PASSWORD": testPassword, "LOG_LEVEL": "debug"}

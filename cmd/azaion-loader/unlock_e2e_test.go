@@ -5,7 +5,6 @@ package main
 // encrypted by the openssl command line tool, independently of our own encrypter.
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -14,7 +13,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	mrand "math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
@@ -262,45 +260,6 @@ func ulAssertReadable(t testing.TB, reason string) {
 	}
 }
 
-// ulBigImage makes the image ref on the daemon from a rootfs holding one file of size random
-// bytes, streamed (nothing is written to the test's disk).
-func ulBigImage(t testing.TB, host, ref string, size int64) {
-	t.Helper()
-	cli, err := client.New(client.WithHost(host))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	t.Cleanup(func() { dockertest.RemoveImages(t, host, []string{ref}) })
-	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(ulWriteRootfs(pw, size)) }()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	res, err := cli.ImageImport(ctx, client.ImageImportSource{Source: pr, SourceName: "-"}, ref, client.ImageImportOptions{})
-	if err != nil {
-		pr.CloseWithError(err)
-		t.Fatalf("import %s: %v", ref, err)
-	}
-	defer res.Close()
-	if err := ulDrain(res); err != nil {
-		t.Fatalf("import %s: %v", ref, err)
-	}
-}
-
-// ulWriteRootfs writes a tar holding big.bin, size pseudo-random bytes.
-func ulWriteRootfs(w io.Writer, size int64) error {
-	tw := tar.NewWriter(w)
-	if err := tw.WriteHeader(&tar.Header{Name: "big.bin", Mode: 0o644, Size: size, ModTime: time.Unix(0, 0)}); err != nil {
-		return err
-	}
-	var seed [32]byte
-	rand.Read(seed[:])
-	if _, err := io.CopyN(tw, mrand.NewChaCha8(seed), size); err != nil {
-		return err
-	}
-	return tw.Close()
-}
-
 // ulSaveEncrypted saves refs from the daemon straight into openssl, writing the encrypted archive
 // to path, then removes the images so that loading them is observable.
 func ulSaveEncrypted(t testing.TB, host string, refs []string, fragment []byte, path string) {
@@ -319,25 +278,6 @@ func ulSaveEncrypted(t testing.TB, host string, refs []string, fragment []byte, 
 	ulEncrypt(t, fragment, res, path)
 	res.Close()
 	dockertest.RemoveImages(t, host, refs)
-}
-
-func ulDrain(r io.Reader) error {
-	dec := json.NewDecoder(r)
-	for {
-		var m struct {
-			ErrorDetail *struct {
-				Message string `json:"message"`
-			} `json:"errorDetail"`
-		}
-		if err := dec.Decode(&m); err == io.EOF {
-			return nil
-		} else if err != nil {
-			return err
-		}
-		if m.ErrorDetail != nil {
-			return fmt.Errorf("docker: %s", m.ErrorDetail.Message)
-		}
-	}
 }
 
 func ulSize(t testing.TB, path string) int64 {
@@ -680,7 +620,7 @@ func TestUnlockE2ENoPlaintextOnDisk(t *testing.T) {
 	tag := ulTag()
 	e := newTestEnv(t, envOptions{docker: true, images: []string{image}, tag: tag})
 	ref := image + ":" + tag
-	ulBigImage(t, e.cfg.DockerHost, ref, layer)
+	dockertest.RandomImage(t, e.cfg.DockerHost, ref, layer)
 	ulSaveEncrypted(t, e.cfg.DockerHost, []string{ref}, e.fragment, e.cfg.ImagesPath)
 	t.Logf("archive: %d bytes", ulSize(t, e.cfg.ImagesPath))
 

@@ -92,26 +92,51 @@ func (e *Engine) LoadImages(ctx context.Context, r io.Reader) (err error) {
 	}
 	defer res.Close()
 
-	dec := json.NewDecoder(res)
+	rejected, err := readMessages(res)
+	if err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return fmt.Errorf("load images: %w", ctxErr)
+		}
+		var syntaxErr *json.SyntaxError
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &syntaxErr) || errors.As(err, &typeErr) {
+			return fmt.Errorf("load images: unreadable answer from docker: %v", err)
+		}
+		return fmt.Errorf("%w at %s: connection lost while loading images: %v", ErrUnreachable, e.host, err)
+	}
+	if rejected != "" {
+		return fmt.Errorf("docker rejected the image archive: %s", rejected)
+	}
+	return nil
+}
+
+// ReadMessages reads r, the JSON message stream the daemon answers an image load or import with,
+// to its end. It returns the error the daemon reported in the stream as "docker: ...", or the
+// error reading or decoding the stream.
+func ReadMessages(r io.Reader) error {
+	rejected, err := readMessages(r)
+	if err != nil {
+		return err
+	}
+	if rejected != "" {
+		return fmt.Errorf("docker: %s", rejected)
+	}
+	return nil
+}
+
+// readMessages decodes the JSON message stream r until its end or the first error the daemon
+// reports in it, and returns that error's text. err is an error reading or decoding r.
+func readMessages(r io.Reader) (rejected string, err error) {
+	dec := json.NewDecoder(r)
 	for {
 		var m message
-		err := dec.Decode(&m)
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			if ctxErr := ctx.Err(); ctxErr != nil {
-				return fmt.Errorf("load images: %w", ctxErr)
-			}
-			var syntaxErr *json.SyntaxError
-			var typeErr *json.UnmarshalTypeError
-			if errors.As(err, &syntaxErr) || errors.As(err, &typeErr) {
-				return fmt.Errorf("load images: unreadable answer from docker: %v", err)
-			}
-			return fmt.Errorf("%w at %s: connection lost while loading images: %v", ErrUnreachable, e.host, err)
+		if err := dec.Decode(&m); err == io.EOF {
+			return "", nil
+		} else if err != nil {
+			return "", err
 		}
 		if msg := m.errorText(); msg != "" {
-			return fmt.Errorf("docker rejected the image archive: %s", msg)
+			return msg, nil
 		}
 	}
 }
@@ -131,8 +156,9 @@ func (e *Engine) wrap(op string, err error) error {
 	return fmt.Errorf("%w at %s: %s", ErrUnreachable, e.host, cause)
 }
 
-// message is one entry of the JSON message stream of /images/load. The fields of the daemon's
-// jsonstream.Message that matter here: older daemons put a bare "error" next to "errorDetail".
+// message is one entry of the JSON message stream of /images/load (and of an image import). The
+// fields of the daemon's jsonstream.Message that matter here: older daemons put a bare "error"
+// next to "errorDetail".
 type message struct {
 	Stream      string `json:"stream"`
 	ErrorDetail *struct {

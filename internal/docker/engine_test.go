@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -108,6 +109,23 @@ func TestLoadImagesSuccessStream(t *testing.T) {
 	}
 	if string(got) != "the tar" {
 		t.Errorf("daemon received %q", got)
+	}
+}
+
+func TestReadMessages(t *testing.T) {
+	for _, c := range []struct{ name, stream, want string }{
+		{"success", `{"stream":"Loaded image: a:b\n"}` + "\n" + `{"status":"sha256:00"}`, ""},
+		{"empty", "", ""},
+		{"errorDetail", `{"stream":"x"}{"errorDetail":{"message":"no space left"},"error":"no space left"}{"stream":"y"}`, "docker: no space left"},
+		{"bare error of an older daemon", `{"error":"bad tar"}`, "docker: bad tar"},
+		{"not JSON", `{"stream":`, "unexpected EOF"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := docker.ReadMessages(strings.NewReader(c.stream))
+			if got := fmt.Sprint(err); (c.want == "" && err != nil) || (c.want != "" && got != c.want) {
+				t.Errorf("got %v, want %q", err, c.want)
+			}
+		})
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/azaion/loader/internal/config"
 	"github.com/azaion/loader/internal/docker"
 	"github.com/azaion/loader/internal/docker/dockertest"
 	"github.com/azaion/loader/internal/testenv"
@@ -40,14 +41,14 @@ func newDockerSetup(t *testing.T) *dockerSetup {
 	}
 	t.Cleanup(func() { e.Close() })
 	d := &dockerSetup{host: host, engine: e, tag: uniqueTag(), fragment: randomBytes(32)}
-	d.refs = refs(unlock.DefaultImages(), d.tag)
+	d.refs = refs(config.DefaultImages, d.tag)
 	d.up = &fakeUpstream{fragment: d.fragment}
 	t.Cleanup(func() { dockertest.RemoveImages(t, host, d.refs) })
 	return d
 }
 
 func (d *dockerSetup) unlocker(t *testing.T, archivePath string) *unlock.Unlocker {
-	u := unlock.New(unlock.Config{ArchivePath: archivePath, Tag: d.tag}, d.up, d.engine)
+	u := unlock.New(unlock.Config{Images: config.DefaultImages, ArchivePath: archivePath, Tag: d.tag}, d.up, d.engine)
 	t.Cleanup(u.Close)
 	return u
 }
@@ -164,7 +165,7 @@ func TestDockerUnreachable(t *testing.T) {
 	fragment := randomBytes(32)
 	archive := encryptArchive(t, fragment, randomBytes(1024))
 	up := &fakeUpstream{fragment: fragment}
-	u := unlock.New(unlock.Config{ArchivePath: archive}, up, e)
+	u := unlock.New(unlock.Config{Images: config.DefaultImages, ArchivePath: archive}, up, e)
 	defer u.Close()
 
 	st, err := u.Start(t.Context(), testEmail, testPassword)

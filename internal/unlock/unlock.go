@@ -49,7 +49,7 @@ type Images interface {
 // Config says which archive to unlock and which images it must yield.
 type Config struct {
 	ArchivePath string   // the encrypted archive, IV ‖ AES-256-CBC(PKCS#7(tar))
-	Images      []string // repositories without tag; empty means DefaultImages()
+	Images      []string // repositories without tag (DOCKER_IMAGES; config.DefaultImages by default)
 	Tag         string   // the tag every image must carry (API_VERSION); empty means "latest"
 	Logger      *slog.Logger
 	// Observer is told how each run ended, for metrics; nil means none.
@@ -61,19 +61,6 @@ type Observer interface {
 	// UnlockFinished reports a run that ended "ready" or "error" after d, having decrypted
 	// archiveBytes of the archive.
 	UnlockFinished(outcome string, d time.Duration, archiveBytes int64)
-}
-
-// DefaultImages is the default DOCKER_IMAGES list of SPEC §6.
-func DefaultImages() []string {
-	return []string{
-		"azaion/annotations",
-		"azaion/flights",
-		"azaion/detections",
-		"azaion/gps-denied-onboard",
-		"azaion/gps-denied-desktop",
-		"azaion/autopilot",
-		"azaion/ai-training",
-	}
 }
 
 var (
@@ -118,9 +105,6 @@ type Unlocker struct {
 
 // New returns an Unlocker in StateIdle. It starts nothing.
 func New(cfg Config, up Upstream, img Images) *Unlocker {
-	if len(cfg.Images) == 0 {
-		cfg.Images = DefaultImages()
-	}
 	if cfg.Tag == "" {
 		cfg.Tag = "latest"
 	}

@@ -13,12 +13,13 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/azaion/loader/internal/config"
 	"github.com/azaion/loader/internal/docker"
 	"github.com/azaion/loader/internal/security"
 	"github.com/azaion/loader/internal/unlock"
 )
 
-var allRefs = refs(unlock.DefaultImages(), "latest")
+var allRefs = refs(config.DefaultImages, "latest")
 
 // setup is an archive of plain encrypted under fragment, an upstream that hands out fragment and
 // a Docker that yields every default image.
@@ -40,7 +41,7 @@ func newSetup(t *testing.T, plainSize int) *setup {
 }
 
 func (s *setup) unlocker(t *testing.T) *unlock.Unlocker {
-	u := unlock.New(unlock.Config{ArchivePath: s.path, Logger: s.log.logger()}, s.up, s.img)
+	u := unlock.New(unlock.Config{Images: config.DefaultImages, ArchivePath: s.path, Logger: s.log.logger()}, s.up, s.img)
 	t.Cleanup(u.Close)
 	return u
 }
@@ -161,7 +162,7 @@ func TestUnlockAlreadyLoaded(t *testing.T) {
 	for _, ref := range allRefs {
 		img.present[ref] = true
 	}
-	u := unlock.New(unlock.Config{ArchivePath: filepath.Join(t.TempDir(), "absent.enc")}, up, img)
+	u := unlock.New(unlock.Config{Images: config.DefaultImages, ArchivePath: filepath.Join(t.TempDir(), "absent.enc")}, up, img)
 	defer u.Close()
 
 	st, err := u.Start(t.Context(), testEmail, testPassword)
@@ -182,7 +183,7 @@ func TestUnlockAlreadyLoaded(t *testing.T) {
 func TestUnlockArchiveMissing(t *testing.T) {
 	up := &fakeUpstream{}
 	img := &fakeImages{present: map[string]bool{allRefs[0]: true}}
-	u := unlock.New(unlock.Config{ArchivePath: filepath.Join(t.TempDir(), "absent.enc")}, up, img)
+	u := unlock.New(unlock.Config{Images: config.DefaultImages, ArchivePath: filepath.Join(t.TempDir(), "absent.enc")}, up, img)
 	defer u.Close()
 
 	if _, err := u.Start(t.Context(), testEmail, testPassword); !errors.Is(err, unlock.ErrArchiveNotFound) {
@@ -308,7 +309,7 @@ func TestUnlockDockerUnreachable(t *testing.T) {
 func TestUnlockCloseInterrupts(t *testing.T) {
 	s := newSetup(t, 10<<10)
 	s.up.gate = make(chan struct{}) // never opened: the run waits in Login
-	u := unlock.New(unlock.Config{ArchivePath: s.path}, s.up, s.img)
+	u := unlock.New(unlock.Config{Images: config.DefaultImages, ArchivePath: s.path}, s.up, s.img)
 	if _, err := u.Start(t.Context(), testEmail, testPassword); err != nil {
 		t.Fatal(err)
 	}

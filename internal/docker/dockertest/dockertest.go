@@ -1,19 +1,21 @@
-// Package dockertest makes image archives on a real Docker daemon for tests. Import it from
-// tests only.
+// Package dockertest makes images and image archives on a real Docker daemon for tests and
+// benchmarks. Import it from tests and bench/ only.
 package dockertest
 
 import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"encoding/json"
-	"fmt"
+	"crypto/rand"
 	"io"
+	mrand "math/rand/v2"
 	"testing"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/client"
+
+	"github.com/azaion/loader/internal/docker"
 )
 
 // timeout bounds each helper's talk with the daemon.
@@ -36,13 +38,7 @@ func BuildArchive(t testing.TB, host string, refs []string) []byte {
 		if err != nil {
 			t.Fatalf("rootfs for %s: %v", ref, err)
 		}
-		res, err := cli.ImageImport(ctx, client.ImageImportSource{Source: bytes.NewReader(rootfs), SourceName: "-"}, ref, client.ImageImportOptions{})
-		if err != nil {
-			t.Fatalf("import %s: %v", ref, err)
-		}
-		err = drain(res)
-		res.Close()
-		if err != nil {
+		if err := Import(ctx, cli, ref, bytes.NewReader(rootfs)); err != nil {
 			t.Fatalf("import %s: %v", ref, err)
 		}
 	}
@@ -101,22 +97,53 @@ func rootfsTar(ref string) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// drain reads a JSON message stream to its end and returns the error reported in it, if any.
-func drain(r io.Reader) error {
-	dec := json.NewDecoder(r)
-	for {
-		var m struct {
-			ErrorDetail *struct {
-				Message string `json:"message"`
-			} `json:"errorDetail"`
-		}
-		if err := dec.Decode(&m); err == io.EOF {
-			return nil
-		} else if err != nil {
-			return err
-		}
-		if m.ErrorDetail != nil {
-			return fmt.Errorf("docker: %s", m.ErrorDetail.Message)
-		}
+// RandomImage makes the image ref on the daemon at host from a rootfs holding one file of size
+// pseudo-random bytes, streamed (nothing is written to disk), and registers a cleanup that
+// removes it.
+func RandomImage(t testing.TB, host, ref string, size int64) {
+	t.Helper()
+	cli := newClient(t, host)
+	t.Cleanup(func() { RemoveImages(t, host, []string{ref}) })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := ImportRandom(ctx, cli, ref, size); err != nil {
+		t.Fatalf("import %s: %v", ref, err)
 	}
+}
+
+// ImportRandom makes the image ref with cli from a rootfs holding one file of size pseudo-random
+// bytes (WriteRandomRootfs), streamed: nothing is written to disk.
+func ImportRandom(ctx context.Context, cli *client.Client, ref string, size int64) error {
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(WriteRandomRootfs(pw, size)) }()
+	err := Import(ctx, cli, ref, pr)
+	if err != nil {
+		pr.CloseWithError(err) // stops the writer
+	}
+	return err
+}
+
+// WriteRandomRootfs writes a rootfs tar holding one file, big.bin, of size pseudo-random bytes.
+func WriteRandomRootfs(w io.Writer, size int64) error {
+	tw := tar.NewWriter(w)
+	if err := tw.WriteHeader(&tar.Header{Name: "big.bin", Mode: 0o644, Size: size, ModTime: time.Unix(0, 0)}); err != nil {
+		return err
+	}
+	var seed [32]byte
+	rand.Read(seed[:])
+	if _, err := io.CopyN(tw, mrand.NewChaCha8(seed), size); err != nil {
+		return err
+	}
+	return tw.Close()
+}
+
+// Import makes the image ref with cli from the rootfs tar read from rootfs (the Engine API's
+// ImageImport) and waits until the daemon has finished, returning the error it reported.
+func Import(ctx context.Context, cli *client.Client, ref string, rootfs io.Reader) error {
+	res, err := cli.ImageImport(ctx, client.ImageImportSource{Source: rootfs, SourceName: "-"}, ref, client.ImageImportOptions{})
+	if err != nil {
+		return err
+	}
+	defer res.Close()
+	return docker.ReadMessages(res)
 }
