@@ -197,6 +197,8 @@ note "dockerd $(dockerd --version 2>/dev/null | sed 's/^Docker version //') at u
 note "minio at 127.0.0.1:$port (data $STATE/minio/data)"
 # shellcheck disable=SC1091
 source "$STATE/minio/env"
+# Every part is started: an integration test that cannot find one must fail, never skip.
+export CI=true
 export AZAION_TEST_DOCKER_HOST=unix://$STATE/docker/docker.sock
 export AZAION_TEST_DOCKER_CTL="$ROOT/scripts/parts.sh docker $STATE"
 export AZAION_TEST_MINIO_ENDPOINT=127.0.0.1:$MINIO_PORT

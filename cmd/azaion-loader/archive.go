@@ -72,6 +72,10 @@ func writeOutput(path string, stdout io.Writer, write func(io.Writer) error) err
 	}
 	err = write(tmp)
 	if err == nil {
+		// CreateTemp makes 0600; the archive is read by the loader, often as another user.
+		err = tmp.Chmod(0o644)
+	}
+	if err == nil {
 		err = tmp.Sync()
 	}
 	if cerr := tmp.Close(); err == nil {

@@ -89,6 +89,10 @@ func TestArchiveEncryptFile(t *testing.T) {
 	if want := 16 + (len(plain)/16+1)*16; len(enc) != want {
 		t.Errorf("archive of %d bytes, want IV + padded blocks = %d", len(enc), want)
 	}
+	// The loader often runs as another user than the release step: the archive is readable.
+	if fi, err := os.Stat(encPath); err != nil || fi.Mode().Perm() != 0o644 {
+		t.Errorf("archive mode %v (%v), want 0644", fi.Mode().Perm(), err)
+	}
 	if got := ulOpenSSLDecrypt(t, fragment, enc); !bytes.Equal(got, plain) {
 		t.Fatalf("openssl enc -d gave %d bytes, not the %d-byte tar", len(got), len(plain))
 	}

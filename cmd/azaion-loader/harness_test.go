@@ -12,13 +12,16 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/azaion/loader/internal/config"
+	"github.com/azaion/loader/internal/hardware"
 	"github.com/azaion/loader/internal/refapi"
+	"github.com/azaion/loader/internal/security"
 	"github.com/azaion/loader/internal/testenv"
 )
 
@@ -55,6 +58,7 @@ type testEnv struct {
 	logs     *syncBuffer
 	fragment []byte
 	minio    testenv.MinIOServer
+	cdn      refapi.CDNSettings
 }
 
 func newTestEnv(t *testing.T, o envOptions) *testEnv {
@@ -72,6 +76,7 @@ func newTestEnv(t *testing.T, o envOptions) *testEnv {
 	if o.cdn != nil {
 		cdn = *o.cdn
 	}
+	e.cdn = cdn
 	e.fragment = make([]byte, 48)
 	rand.Read(e.fragment)
 	var err error
@@ -193,15 +198,28 @@ func detail(t *testing.T, body []byte) string {
 	return *v.Detail
 }
 
-// assertNoSecrets fails if the loader's logs (stderr and files) hold a secret.
+// jwtPattern matches a JSON Web Token (base64url header starting with {" ...).
+var jwtPattern = regexp.MustCompile(`eyJ[\w-]+\.[\w-]+\.[\w-]*`)
+
+// assertNoSecrets fails if the loader's logs (stderr and files) hold a secret: the password, a
+// token, the API key, the hardware fingerprint, the key fragment, the CDN keys, or extra.
 func (e *testEnv) assertNoSecrets(extra ...string) {
 	e.t.Helper()
 	e.loader.logCloser.Close() // flush the day's file
 	all := e.logs.String() + readDir(e.t, e.cfg.LogDir)
-	for _, s := range append([]string{testPassword, fmt.Sprintf("%x", e.fragment)}, extra...) {
-		if s != "" && strings.Contains(all, s) {
+	hw := hardware.Fingerprint("/")
+	secrets := append([]string{
+		testPassword, fmt.Sprintf("%x", e.fragment), hw, security.HardwareHash(hw),
+		security.APIKey(testEmail, testPassword, security.HardwareHash(hw)),
+		e.cdn.DownloaderAccessSecret, e.cdn.UploaderAccessSecret,
+	}, extra...)
+	for _, s := range secrets {
+		if len(s) > 3 && strings.Contains(all, s) {
 			e.t.Errorf("a secret %.6s… appears in the logs", s)
 		}
+	}
+	if tok := jwtPattern.FindString(all); tok != "" {
+		e.t.Errorf("a token %.12s… appears in the logs", tok)
 	}
 }
 

@@ -224,6 +224,10 @@ func TestTokenRenewedBeforeExpiry(t *testing.T) {
 	if n := e.ref.Calls(refapi.EndpointLogin); n != 2 {
 		t.Fatalf("reference API saw %d logins, want 2 (the first and one renewal)", n)
 	}
+	// Renewed before the call, not after a refused one: the API saw the list call once.
+	if n := e.ref.Calls(refapi.EndpointList); n != 1 {
+		t.Fatalf("reference API saw %d list calls, want 1 (no 401 and repeat)", n)
+	}
 	if !e.status().Authenticated {
 		t.Fatal("not authenticated after renewal")
 	}

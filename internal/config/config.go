@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/url"
@@ -82,10 +83,14 @@ var settings = []setting{
 	{"images-path", "IMAGES_PATH", "/opt/azaion/images.enc", "encrypted archive of Docker images that unlock decrypts", false, func(c *Config, v string) error {
 		// A missing archive is a normal state (unlock answers 404); one that exists but
 		// cannot be read is a deployment mistake worth refusing at start.
-		if fi, err := os.Stat(v); err == nil {
-			if fi.IsDir() {
-				return fmt.Errorf("%s is a directory", v)
-			}
+		fi, err := os.Stat(v)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
+			return fmt.Errorf("cannot read %s: %w", v, errors.Unwrap(err))
+		case fi.IsDir():
+			return fmt.Errorf("%s is a directory", v)
+		default:
 			f, err := os.Open(v)
 			if err != nil {
 				return fmt.Errorf("cannot read %s: %w", v, errors.Unwrap(err))
