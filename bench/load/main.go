@@ -6,10 +6,10 @@
 // It builds the azaion-loader binary and starts the reference Resource API (refapi) in this
 // process. For each size it makes a pseudo-random resource, encrypts it with the resource key
 // (IV ‖ AES-256-CBC, SPEC §4), splits it at n = min(3072, floor(0.3·len(c))) (SPEC §5), puts
-// the small part on the reference API and writes the big part straight into the loader's
-// MODEL_CACHE_DIR/<folder>/<name>.big (no pairing record: such a cache is trusted and checked
-// by decryption). The CDN settings point at a closed port: a /load that reached for the CDN
-// would fail, so every timed load is served from the cache.
+// the small part on the reference API and preloads the big part into the loader's
+// MODEL_CACHE_DIR with resources.Service.Preload (as an offline-seeded device would have it).
+// The CDN settings point at a closed port: a /load that reached for the CDN would fail, so
+// every timed load is served from the cache.
 //
 // Each size gets a fresh `azaion-loader serve` child process, so its peak RSS (VmHWM in
 // /proc/<pid>/status) belongs to that size alone. The child logs in, serves one untimed
@@ -51,6 +51,7 @@ import (
 
 	"github.com/azaion/loader/bench/internal/bytesize"
 	"github.com/azaion/loader/internal/refapi"
+	"github.com/azaion/loader/internal/resources"
 	"github.com/azaion/loader/internal/security"
 )
 
@@ -169,7 +170,7 @@ func run() error {
 		}
 		results = append(results, res)
 		os.Remove(encPath)
-		os.Remove(filepath.Join(cacheDir, benchFolder, name+".big"))
+		os.RemoveAll(filepath.Join(cacheDir, benchFolder))
 	}
 
 	mib := func(size int64, d time.Duration) float64 { return float64(size) / (1 << 20) / d.Seconds() }
@@ -248,18 +249,8 @@ func prepare(ref *refapi.Server, key []byte, cacheDir, dir, name string, size in
 	if err := ref.PutResource(benchFolder, name+".small", bytes.NewReader(small)); err != nil {
 		return "", sum, err
 	}
-	if err := os.MkdirAll(filepath.Join(cacheDir, benchFolder), 0o750); err != nil {
-		return "", sum, err
-	}
-	big, err := os.Create(filepath.Join(cacheDir, benchFolder, name+".big"))
-	if err != nil {
-		return "", sum, err
-	}
-	defer big.Close()
-	if _, err := io.Copy(big, io.NewSectionReader(f, n, clen-n)); err != nil {
-		return "", sum, err
-	}
-	if err := big.Close(); err != nil {
+	cache := resources.New(nil, resources.Options{CacheDir: cacheDir})
+	if err := cache.Preload(benchFolder, name, small, io.NewSectionReader(f, n, clen-n)); err != nil {
 		return "", sum, err
 	}
 	return encPath, sum, f.Close()

@@ -71,6 +71,9 @@ func newLoader(cfg config.Config, stderr io.Writer, rootFS string) (*loader, err
 		CacheDir: cfg.ModelCacheDir, Logger: log, Observer: l.metrics,
 		CDNOptions: cdn.Options{StallTimeout: cfg.CDNStallTimeout, Logger: log},
 	})
+	if err := l.resources.RemoveTemp(); err != nil {
+		log.Warn("could not remove leftover temp files from the model cache", "err", err)
+	}
 	l.docker, err = docker.New(cfg.DockerHost)
 	if err != nil {
 		closer.Close()

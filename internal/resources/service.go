@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -115,7 +116,25 @@ func validate(folder, name string) error {
 	if err := ValidateName("folder", folder, false); err != nil {
 		return err
 	}
+	if !validBucket(folder) {
+		// The folder is the CDN bucket: say so now rather than answer the S3 error as a 500.
+		return fmt.Errorf("%w: folder %q is not a CDN bucket name (3-63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit)", ErrInvalidName, folder)
+	}
 	return ValidateName("filename", name, false)
+}
+
+// validBucket reports whether folder is a valid S3 bucket name.
+func validBucket(folder string) bool {
+	if len(folder) < 3 || len(folder) > 63 {
+		return false
+	}
+	for i, c := range []byte(folder) {
+		alnum := c >= 'a' && c <= 'z' || c >= '0' && c <= '9'
+		if !alnum && (c != '.' && c != '-' || i == 0 || i == len(folder)-1) {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *Service) store(upload bool) (Store, error) {
@@ -140,17 +159,64 @@ func (s *Service) store(upload bool) (Store, error) {
 	return st, nil
 }
 
+// maxPlainCacheName is the longest name cached under its own name: with ".big", the pairing
+// record's dots and a temp suffix it stays below the 255-byte limit of a file name. Longer
+// (valid) names are cached under a hash of the name.
+const maxPlainCacheName = 200
+
+// cacheName is the file name stem of a resource's cache files.
+func cacheName(name string) string {
+	if len(name) <= maxPlainCacheName {
+		return name
+	}
+	sum := sha256.Sum256([]byte(name))
+	return "sha256-" + hex.EncodeToString(sum[:])
+}
+
 // paths of the cached big part and of its pairing record.
 func (s *Service) bigPath(folder, name string) string {
-	return filepath.Join(s.opts.CacheDir, folder, name+".big")
+	return filepath.Join(s.opts.CacheDir, folder, cacheName(name)+".big")
 }
 
 // pairPath records which small part (its SHA-256) and which size the cached big part belongs
 // to. Each upload has a fresh IV, so a re-uploaded resource has a different small part and the
-// cache is known to be stale before a byte is served. Names never start with a dot, so the
-// record cannot collide with a resource.
+// cache is known to be stale before a byte is served. A big part without a record is not
+// trusted: CBC has no integrity check, and an old big part decrypts "fine" behind a new small
+// part. Names never start with a dot, so the record cannot collide with a resource.
 func (s *Service) pairPath(folder, name string) string {
-	return filepath.Join(s.opts.CacheDir, folder, "."+name+".big.pair")
+	return filepath.Join(s.opts.CacheDir, folder, "."+cacheName(name)+".big.pair")
+}
+
+// tempPattern is the name of every temp file the cache writes; RemoveTemp sweeps them.
+const tempPattern = ".*.tmp-*"
+
+// RemoveTemp deletes temp files that an interrupted earlier run (power loss, SIGKILL during a
+// download) left in the cache. Call it once at start, before serving.
+func (s *Service) RemoveTemp() error {
+	leftovers, err := filepath.Glob(filepath.Join(s.opts.CacheDir, "*", tempPattern))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, p := range leftovers {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if len(leftovers) > 0 {
+		s.log.Info("removed leftover temp files from the model cache", "count", len(leftovers))
+	}
+	return errors.Join(errs...)
+}
+
+// Preload puts the big part of folder/name into the cache, paired with its small part (as the
+// Resource API returns it), as if it had been downloaded: for devices seeded offline, e.g. from
+// removable media, and for benchmarks.
+func (s *Service) Preload(folder, name string, small []byte, big io.Reader) error {
+	if err := validate(folder, name); err != nil {
+		return err
+	}
+	return s.writeCache(folder, name, small, func(w io.Writer) (int64, error) { return io.Copy(w, big) })
 }
 
 func pairRecord(small []byte, bigSize int64) string {
@@ -209,9 +275,7 @@ func (s *Service) plaintextSize(small []byte, big *os.File) (int64, error) {
 // already there.
 func (s *Service) openBig(ctx context.Context, folder, name string, small []byte, bad os.FileInfo) (f *os.File, fromCache bool, err error) {
 	if bad == nil {
-		// No pairing record (a cache filled by hand or by an older loader) is trusted here,
-		// and the decryption check decides.
-		if f, ok := s.openCached(folder, name, small, false); ok {
+		if f, ok := s.openCached(folder, name, small); ok {
 			s.opts.Observer.CacheHit()
 			return f, true, nil
 		}
@@ -229,7 +293,7 @@ func (s *Service) openBig(ctx context.Context, folder, name string, small []byte
 		ch := s.download.DoChan(key, func() (any, error) {
 			// Another flight may have filled the cache since this caller looked, and a caller
 			// that looked before it finished would otherwise download the part once more.
-			if f, ok := s.openCached(folder, name, small, true); ok {
+			if f, ok := s.openCached(folder, name, small); ok {
 				fi, err := f.Stat()
 				f.Close()
 				if err == nil && (bad == nil || !os.SameFile(fi, bad)) {
@@ -246,7 +310,7 @@ func (s *Service) openBig(ctx context.Context, folder, name string, small []byte
 				return nil, false, res.Err
 			}
 		}
-		if f, ok := s.openCached(folder, name, small, true); ok {
+		if f, ok := s.openCached(folder, name, small); ok {
 			return f, false, nil
 		}
 	}
@@ -254,9 +318,9 @@ func (s *Service) openBig(ctx context.Context, folder, name string, small []byte
 		folder, name, cdn.ErrUnavailable)
 }
 
-// openCached opens the cached big part if it is there and is paired with small. A big part
-// without a pairing record counts as paired unless strict is set.
-func (s *Service) openCached(folder, name string, small []byte, strict bool) (*os.File, bool) {
+// openCached opens the cached big part if it is there and its pairing record says it belongs
+// to small.
+func (s *Service) openCached(folder, name string, small []byte) (*os.File, bool) {
 	s.cacheMu.RLock()
 	defer s.cacheMu.RUnlock()
 	f, err := os.Open(s.bigPath(folder, name))
@@ -265,8 +329,7 @@ func (s *Service) openCached(folder, name string, small []byte, strict bool) (*o
 	}
 	fi, err := f.Stat()
 	rec, rerr := os.ReadFile(s.pairPath(folder, name))
-	if err == nil && fi.Mode().IsRegular() &&
-		((rerr != nil && !strict) || (rerr == nil && string(rec) == pairRecord(small, fi.Size()))) {
+	if err == nil && rerr == nil && fi.Mode().IsRegular() && string(rec) == pairRecord(small, fi.Size()) {
 		return f, true
 	}
 	f.Close()
@@ -318,7 +381,7 @@ func (s *Service) newPending(folder, name string) (*pending, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("cache directory: %w", err)
 	}
-	f, err := os.CreateTemp(dir, "."+name+".big.tmp-*")
+	f, err := os.CreateTemp(dir, "."+cacheName(name)+".big.tmp-*")
 	if err != nil {
 		return nil, fmt.Errorf("cache file: %w", err)
 	}
@@ -363,7 +426,7 @@ func (p *pending) abort() {
 }
 
 func writeFileAtomic(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp-*")
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp-*") // base starts with a dot
 	if err != nil {
 		return err
 	}
