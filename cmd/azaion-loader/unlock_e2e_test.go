@@ -227,7 +227,7 @@ func (e *testEnv) ulWait() (ulStatus, []ulStatus) {
 		if time.Now().After(deadline) {
 			e.t.Fatalf("unlock still %s after %v; seen %v", st.State, ulWaitLimit, trace)
 		}
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // several unlock tests poll at once under -race
 	}
 }
 
