@@ -196,19 +196,30 @@ func checkRanged(t *testing.T, reqs []*request, etag string) {
 	}
 }
 
-// proxy is a TCP proxy to MinIO that misbehaves on purpose: for its i-th connection,
-// policy(i) says after how many bytes of the answer to cut the connection (stall false) or to
-// stop forwarding while keeping it open (stall true); a negative limit forwards everything.
+// proxy is a TCP proxy to MinIO that misbehaves on purpose: for its i-th connection (counted
+// from the last setPolicy), policy(i) says after how many bytes of the answer to cut the
+// connection (stall false) or to stop forwarding while keeping it open (stall true); a
+// negative limit forwards everything. Each cut and each stall is reported on events once
+// the limit's bytes have been forwarded.
 type proxy struct {
 	ln     net.Listener
 	target string
-	policy func(i int) (limit int64, stall bool)
+	events chan proxyEvent
 
 	mu     sync.Mutex
+	policy func(i int) (limit int64, stall bool)
+	gen    int // how many times setPolicy was called
 	conns  []net.Conn
 	n      int
 	closed chan struct{}
 	wg     sync.WaitGroup
+}
+
+// proxyEvent is a cut or a stall of connection conn (numbered as policy saw it) under the
+// policy of generation gen (0 for startProxy's, 1 for the first setPolicy's, ...).
+type proxyEvent struct {
+	gen, conn int
+	stall     bool
 }
 
 func startProxy(t *testing.T, target string, policy func(i int) (int64, bool)) *proxy {
@@ -217,7 +228,8 @@ func startProxy(t *testing.T, target string, policy func(i int) (int64, bool)) *
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proxy{ln: ln, target: target, policy: policy, closed: make(chan struct{})}
+	p := &proxy{ln: ln, target: target, policy: policy, closed: make(chan struct{}),
+		events: make(chan proxyEvent, 64)}
 	p.wg.Add(1)
 	go p.accept()
 	t.Cleanup(p.Close)
@@ -225,6 +237,15 @@ func startProxy(t *testing.T, target string, policy func(i int) (int64, bool)) *
 }
 
 func (p *proxy) Addr() string { return p.ln.Addr().String() }
+
+// setPolicy makes policy decide for every connection accepted from now on, numbered from 0
+// again, whatever the connections before it were.
+func (p *proxy) setPolicy(policy func(i int) (int64, bool)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.policy, p.n = policy, 0
+	p.gen++
+}
 
 func (p *proxy) Close() {
 	p.mu.Lock()
@@ -265,18 +286,18 @@ func (p *proxy) accept() {
 			return
 		}
 		p.mu.Lock()
-		i := p.n
+		i, gen, policy := p.n, p.gen, p.policy
 		p.n++
 		p.mu.Unlock()
 		p.wg.Add(1)
-		go p.serve(client, i)
+		go p.serve(client, gen, i, policy)
 	}
 }
 
-func (p *proxy) serve(client net.Conn, i int) {
+func (p *proxy) serve(client net.Conn, gen, i int, policy func(int) (int64, bool)) {
 	defer p.wg.Done()
 	defer client.Close()
-	limit, stall := p.policy(i)
+	limit, stall := policy(i)
 	server, err := net.Dial("tcp", p.target)
 	if err != nil || !p.track(server) {
 		return
@@ -293,8 +314,14 @@ func (p *proxy) serve(client net.Conn, i int) {
 	}()
 	if limit < 0 {
 		_, _ = io.Copy(client, server)
-	} else {
-		_, _ = io.CopyN(client, server, limit)
+	} else if n, _ := io.CopyN(client, server, limit); n == limit {
+		if !stall {
+			client.Close()
+		}
+		select {
+		case p.events <- proxyEvent{gen: gen, conn: i, stall: stall}:
+		default:
+		}
 		if stall {
 			// Hold the connection open, silent, until the client or the test gives up.
 			select {
@@ -585,34 +612,114 @@ func TestObjectChangedMidDownload(t *testing.T) {
 	}
 }
 
+// signalWriter discards what is written to it and closes got at the first byte, or, when
+// match is set, at the first write that contains match (a log line).
+type signalWriter struct {
+	match string
+	once  sync.Once
+	got   chan struct{}
+}
+
+func newSignalWriter(match string) *signalWriter {
+	return &signalWriter{match: match, got: make(chan struct{})}
+}
+
+func (w *signalWriter) Write(p []byte) (int, error) {
+	if len(p) > 0 && (w.match == "" || bytes.Contains(p, []byte(w.match))) {
+		w.once.Do(func() { close(w.got) })
+	}
+	return len(p), nil
+}
+
+// cancelWhen returns a context that is cancelled once ready returns (it gets a channel that is
+// closed when the test is over), and the time it was cancelled at. A guard cancels it after
+// two minutes anyway; cancelledAt then reports ok false.
+func cancelWhen(t *testing.T, ready func(stop <-chan struct{}) bool) (ctx context.Context, cancelledAt func() (time.Time, bool)) {
+	t.Helper()
+	guard, stop := context.WithTimeout(t.Context(), 2*time.Minute)
+	t.Cleanup(stop)
+	ctx, cancel := context.WithCancel(guard)
+	done := make(chan struct{})
+	var at time.Time
+	var ok bool
+	go func() {
+		defer close(done)
+		if ok = ready(guard.Done()); ok {
+			at = time.Now()
+		}
+		cancel()
+	}()
+	return ctx, func() (time.Time, bool) {
+		<-done
+		return at, ok
+	}
+}
+
+// TestCancel: cancelling a download while its connection is stalled, or while it waits to
+// resume, ends it promptly with the context's error and the bytes written so far.
 func TestCancel(t *testing.T) {
 	m := testenv.MinIO(t)
 	bucket := bucketName(t, m)
 	put(t, m, bucket, "model.big", payload(4<<20, 9))
 
 	for _, tc := range []struct {
-		name   string
-		policy func(int) (int64, bool)
-		opts   cdn.Options
+		name  string
+		stall bool
+		opts  cdn.Options
 	}{
-		{"while-stalled", func(int) (int64, bool) { return 512 << 10, true }, cdn.Options{StallTimeout: time.Minute}},
-		{"during-backoff", cutAfter(512 << 10), cdn.Options{Backoff: time.Minute}},
+		{"while-stalled", true, cdn.Options{StallTimeout: time.Minute}},
+		{"during-backoff", false, cdn.Options{Backoff: time.Minute}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := startProxy(t, m.Endpoint, tc.policy)
-			c := newClient(t, m, p.Addr(), tc.opts)
-			ctx, cancel := context.WithCancel(t.Context())
-			time.AfterFunc(300*time.Millisecond, cancel)
-			start := time.Now()
-			n, err := c.Download(ctx, bucket, "model.big", io.Discard)
-			if elapsed := time.Since(start); elapsed > 2*time.Second {
-				t.Errorf("Download returned %v after the start, want promptly after the cancel at 300ms", elapsed)
+			p := startProxy(t, m.Endpoint, func(int) (int64, bool) { return 512 << 10, tc.stall })
+			// The client logs each resume just before it waits out the backoff.
+			resuming := newSignalWriter("resuming")
+			opts := tc.opts
+			opts.Logger = slog.New(slog.NewTextHandler(resuming, nil))
+			c := newClient(t, m, p.Addr(), opts)
+			w := newSignalWriter("")
+			ctx, cancelledAt := cancelWhen(t, func(stop <-chan struct{}) bool {
+				if !tc.stall {
+					select {
+					case <-resuming.got:
+						return true
+					case <-stop:
+						return false
+					}
+				}
+				// Stalled: the proxy went silent, and the client has bytes to show for it.
+				select {
+				case ev := <-p.events:
+					if !ev.stall {
+						return false
+					}
+				case <-stop:
+					return false
+				}
+				select {
+				case <-w.got:
+					return true
+				case <-stop:
+					return false
+				}
+			})
+			n, err := c.Download(ctx, bucket, "model.big", w)
+			returned := time.Now()
+			at, ok := cancelledAt()
+			if !ok {
+				t.Fatalf("the download was not interrupted as planned (Download = %d, %v)", n, err)
+			}
+			if d := returned.Sub(at); d > 10*time.Second {
+				t.Errorf("Download returned %v after the cancel, want promptly (the %s lasts a minute)", d, tc.name)
 			}
 			if !errors.Is(err, context.Canceled) || errors.Is(err, cdn.ErrUnavailable) {
 				t.Errorf("Download: %v, want context.Canceled only", err)
 			}
 			if n == 0 {
 				t.Errorf("Download = 0 bytes, want the bytes written before the cancel")
+			}
+			if n >= 512<<10 {
+				t.Errorf("Download = %d bytes, more than the proxy let through", n)
 			}
 		})
 	}
@@ -629,37 +736,53 @@ func TestNoGoroutineLeak(t *testing.T) {
 		t.Fatal(err)
 	}
 	baseline := runtime.NumGoroutine()
+	// A download that meets a cut and a stall and resumes after each, as often as it takes.
 	p := startProxy(t, m.Endpoint, func(i int) (int64, bool) {
 		switch i {
 		case 0:
 			return 300 << 10, false // cut
 		case 1:
 			return 300 << 10, true // stall
-		case 3:
-			return 100 << 10, true // stall until cancelled
 		}
 		return -1, false
 	})
-	c := newClient(t, m, p.Addr(), cdn.Options{Transport: tr, StallTimeout: 200 * time.Millisecond, Backoff: 5 * time.Millisecond})
+	c := newClient(t, m, p.Addr(), cdn.Options{Transport: tr, StallTimeout: 300 * time.Millisecond,
+		Backoff: 5 * time.Millisecond, MaxResumes: 50})
 	var buf bytes.Buffer
 	if _, err := c.Download(t.Context(), bucket, "model.big", &buf); err != nil {
 		t.Fatalf("Download: %v", err)
 	}
 	checkSame(t, buf.Bytes(), data)
 
-	tr.CloseIdleConnections() // so the next download takes a new connection, the stalling one
+	// Then a download cancelled while its connection stalls.
+	tr.CloseIdleConnections()
+	p.setPolicy(func(int) (int64, bool) { return 100 << 10, true }) // stall every connection
 	c2 := newClient(t, m, p.Addr(), cdn.Options{Transport: tr, StallTimeout: time.Minute})
-	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
-	defer cancel()
-	if _, err := c2.Download(ctx, bucket, "model.big", io.Discard); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Download: %v, want DeadlineExceeded", err)
+	ctx, cancelledAt := cancelWhen(t, func(stop <-chan struct{}) bool {
+		for {
+			select {
+			case ev := <-p.events:
+				if ev.gen == 1 && ev.stall {
+					return true
+				}
+			case <-stop:
+				return false
+			}
+		}
+	})
+	_, err = c2.Download(ctx, bucket, "model.big", io.Discard)
+	if _, ok := cancelledAt(); !ok {
+		t.Fatalf("the second download did not stall as planned: %v", err)
+	}
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Download: %v, want context.Canceled", err)
 	}
 
 	// Once the client let go of every connection, the proxy is back to its accept loop: any
 	// connection left open (a body not closed, an attempt not cancelled) shows as its
 	// goroutines and the client transport's.
 	tr.CloseIdleConnections()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for runtime.NumGoroutine() > baseline+1 {
 		if time.Now().After(deadline) {
 			buf := make([]byte, 1<<20)

@@ -1,15 +1,27 @@
 package httpapi_test
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"io"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
-	"github.com/azaion/loader/internal/httpapi"
 	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers/legacy"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/azaion/loader/internal/cdn"
+	"github.com/azaion/loader/internal/httpapi"
+	"github.com/azaion/loader/internal/resourceapi"
+	"github.com/azaion/loader/internal/resources"
+	"github.com/azaion/loader/internal/security"
+	"github.com/azaion/loader/internal/unlock"
 )
 
 func TestOpenAPI(t *testing.T) {
@@ -41,14 +53,257 @@ func TestOpenAPI(t *testing.T) {
 		t.Errorf("documented routes\n  %v\ndiffer from the served ones\n  %v", documented, served)
 	}
 
-	// Every operation documents its success.
+	// Every operation documents its success and exactly the failures it can answer.
 	for path, item := range doc.Paths.Map() {
 		for method, op := range item.Operations() {
+			route := method + " " + path
 			if op.Responses.Status(200) == nil {
-				t.Errorf("%s %s documents no 200", method, path)
+				t.Errorf("%s documents no 200", route)
+			}
+			if op.Responses.Default() != nil {
+				t.Errorf("%s documents a default answer: list the failures instead", route)
+			}
+			var got []int
+			for code := range op.Responses.Map() {
+				if code != "200" {
+					n, err := strconv.Atoi(code)
+					if err != nil {
+						t.Errorf("%s documents status %q", route, code)
+					}
+					got = append(got, n)
+				}
+			}
+			slices.Sort(got)
+			want, ok := documentedErrors[route]
+			if !ok {
+				t.Errorf("%s: no expected failures listed in this test", route)
+				continue
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("%s documents failures %v, want %v", route, got, want)
+			}
+			for code, ref := range op.Responses.Map() {
+				if code == "200" {
+					continue
+				}
+				mt := ref.Value.Content.Get("application/json")
+				if mt == nil || mt.Schema == nil || mt.Schema.Value.Properties["detail"] == nil ||
+					!slices.Contains(mt.Schema.Value.Required, "detail") {
+					t.Errorf("%s %s is not documented as JSON {\"detail\": ...}", route, code)
+				}
+			}
+
+			// The bearer token: every route but /health asks for it, /health for nothing.
+			security := doc.Security
+			if op.Security != nil {
+				security = *op.Security
+			}
+			bearer := slices.ContainsFunc(security, func(r openapi3.SecurityRequirement) bool {
+				_, ok := r["bearer"]
+				return ok && len(r) == 1
+			})
+			switch {
+			case route == "GET /health" && len(security) != 0:
+				t.Errorf("%s requires %v, want nothing", route, security)
+			case route != "GET /health" && !bearer:
+				t.Errorf("%s does not require the bearer token (security %v)", route, security)
 			}
 		}
 	}
+	scheme := doc.Components.SecuritySchemes["bearer"]
+	if scheme == nil || scheme.Value.Type != "http" || scheme.Value.Scheme != "bearer" {
+		t.Errorf("security scheme bearer is not HTTP bearer authentication")
+	}
+}
+
+// documentedErrors is every failure status each route answers (SPEC §2): its own failures,
+// 413 where it reads a JSON body or form fields (Config.MaxJSONBody), and 401 on every route
+// but GET /health for a missing or wrong bearer token when LOADER_API_TOKEN is set.
+var documentedErrors = map[string][]int{
+	"GET /health":             nil,
+	"GET /status":             {401},
+	"POST /login":             {401, 413, 422, 502},
+	"POST /load/{filename}":   {401, 403, 404, 413, 422, 500, 502},
+	"POST /upload/{filename}": {401, 403, 413, 422, 500, 502},
+	"POST /unlock":            {401, 404, 413, 422},
+	"GET /unlock/status":      {401},
+	"GET /metrics":            {401, 404},
+	"GET /openapi.json":       {401},
+}
+
+// TestOpenAPIAnswers makes the server give every answer its document lists, and checks
+// each real answer against the document: its status is documented for its route, and its
+// content type and body are what the document says. Every documented status must come up,
+// so the document lists no failure a route cannot answer.
+func TestOpenAPIAnswers(t *testing.T) {
+	doc, err := openapi3.NewLoader().LoadFromData(openAPIDocument(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	router, err := legacy.NewRouter(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const token = "api-token-Qv27"
+	reg := prometheus.NewRegistry()
+	e := newEnv(t, func(c *httpapi.Config) {
+		c.MaxJSONBody = 256
+		c.APIToken = token
+		c.Registry, c.Gatherer = reg, reg
+	})
+	noMetrics := newEnv(t, nil)
+	credentials := `{"email":"a@b.c","password":"pw"}`
+	tooLarge := `{"email":"` + strings.Repeat("a", 300) + `","password":"pw"}`
+	loadBody := `{"folder":"models"}`
+	loadTooLarge := `{"folder":"models","filename":"` + strings.Repeat("m", 300) + `"}`
+	const plain = "the decrypted model"
+
+	seen := make(map[string]map[int]bool)
+	type request struct {
+		method, path, contentType string
+		body                      func() io.Reader
+	}
+	check := func(env *env, name string, r request, setup func()) {
+		t.Helper()
+		if setup != nil {
+			setup()
+		}
+		var body io.Reader
+		if r.body != nil {
+			body = r.body()
+		}
+		a := env.do(t, r.method, r.path, r.contentType, body)
+		req, err := http.NewRequest(r.method, r.path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		route, params, err := router.FindRoute(req)
+		if err != nil {
+			t.Fatalf("%s: %s %s is not in the document: %v", name, r.method, r.path, err)
+		}
+		in := &openapi3filter.ResponseValidationInput{
+			RequestValidationInput: &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route},
+			Status:                 a.status,
+			Header:                 a.header,
+			Body:                   io.NopCloser(bytes.NewReader(a.body)),
+			Options:                &openapi3filter.Options{IncludeResponseStatus: true},
+		}
+		if err := openapi3filter.ValidateResponse(context.Background(), in); err != nil {
+			t.Errorf("%s: %s %s answered %d, not as documented: %v\nbody: %.300s", name, r.method, r.path, a.status, err, a.body)
+		}
+		key := route.Method + " " + route.Path
+		if seen[key] == nil {
+			seen[key] = make(map[int]bool)
+		}
+		seen[key][a.status] = true
+	}
+	fail := func(err error) func() {
+		return func() {
+			e.res.open = func(context.Context, string, string) (*resources.Resource, error) { return nil, err }
+			e.res.upload = func(context.Context, string, string, io.Reader) error { return err }
+			e.auth.err = err
+			e.unl.err = err
+		}
+	}
+	ok := func() {
+		e.auth.err, e.unl.err = nil, nil
+		e.res.open = func(context.Context, string, string) (*resources.Resource, error) {
+			return &resources.Resource{Size: int64(len(plain)), ReadCloser: io.NopCloser(strings.NewReader(plain))}, nil
+		}
+		e.res.upload = func(_ context.Context, _, _ string, r io.Reader) error {
+			_, err := io.Copy(io.Discard, r)
+			return err
+		}
+	}
+	jsonBody := func(s string) func() io.Reader { return func() io.Reader { return strings.NewReader(s) } }
+	upload := func(fields ...field) (string, func() io.Reader) {
+		ct, b := multipartBody(t, fields...)
+		return ct, func() io.Reader { return bytes.NewReader(b.Bytes()) }
+	}
+	uploadCT, uploadBody := upload(field{"folder", "models", false}, field{"data", "bytes", true})
+	noFileCT, noFileBody := upload(field{"folder", "models", false})
+	bigFieldCT, bigFieldBody := upload(field{"folder", strings.Repeat("f", 300), false}, field{"data", "bytes", true})
+
+	loginReq := request{"POST", "/login", "application/json", jsonBody(credentials)}
+	loadReq := request{"POST", "/load/model.onnx", "application/json", jsonBody(loadBody)}
+	uploadReq := request{"POST", "/upload/model.onnx", uploadCT, uploadBody}
+	unlockReq := request{"POST", "/unlock", "application/json", jsonBody(credentials)}
+	for _, tc := range []struct {
+		name  string
+		req   request
+		setup func()
+	}{
+		{"health", request{"GET", "/health", "", nil}, nil},
+		{"status", request{"GET", "/status", "", nil}, nil},
+		{"unlock status", request{"GET", "/unlock/status", "", nil}, func() {
+			e.unl.status = unlock.Status{State: unlock.StateDecrypting, BytesDone: 10, BytesTotal: 100}
+		}},
+		{"unlock status error", request{"GET", "/unlock/status", "", nil}, func() {
+			e.unl.status = unlock.Status{State: unlock.StateError, Error: "wrong key"}
+		}},
+		{"metrics", request{"GET", "/metrics", "", nil}, nil},
+		{"openapi", request{"GET", "/openapi.json", "", nil}, nil},
+
+		{"login", loginReq, ok},
+		{"login rejected", loginReq, fail(resourceapi.ErrUnauthorized)},
+		{"login upstream down", loginReq, fail(resourceapi.ErrUnavailable)},
+		{"login bad body", request{"POST", "/login", "application/json", jsonBody(`{}`)}, ok},
+		{"login body too large", request{"POST", "/login", "application/json", jsonBody(tooLarge)}, ok},
+
+		{"load", loadReq, ok},
+		{"load not logged in", loadReq, fail(resourceapi.ErrNotLoggedIn)},
+		{"load refused", loadReq, fail(resourceapi.ErrForbidden)},
+		{"load unknown", loadReq, fail(cdn.ErrNotFound)},
+		{"load wrong key", loadReq, fail(security.ErrWrongKey)},
+		{"load CDN down", loadReq, fail(cdn.ErrUnavailable)},
+		{"load bad body", request{"POST", "/load/model.onnx", "application/json", jsonBody(`{"folder":"../x"}`)}, ok},
+		{"load body too large", request{"POST", "/load/model.onnx", "application/json", jsonBody(loadTooLarge)}, ok},
+
+		{"upload", uploadReq, ok},
+		{"upload not logged in", uploadReq, fail(resourceapi.ErrNotLoggedIn)},
+		{"upload refused", uploadReq, fail(resourceapi.ErrForbidden)},
+		{"upload CDN down", uploadReq, fail(cdn.ErrUnavailable)},
+		{"upload cache disk fails", uploadReq, fail(errors.New("write cache: no space left on device"))},
+		{"upload no file", request{"POST", "/upload/model.onnx", noFileCT, noFileBody}, ok},
+		{"upload field too large", request{"POST", "/upload/model.onnx", bigFieldCT, bigFieldBody}, ok},
+
+		{"unlock", unlockReq, ok},
+		{"unlock no archive", unlockReq, fail(unlock.ErrArchiveNotFound)},
+		{"unlock bad body", request{"POST", "/unlock", "application/json", jsonBody(`{"email":1}`)}, ok},
+		{"unlock body too large", request{"POST", "/unlock", "application/json", jsonBody(tooLarge)}, ok},
+	} {
+		check(e, tc.name, tc.req, tc.setup)
+	}
+	check(noMetrics, "metrics not enabled", request{"GET", "/metrics", "", nil}, nil)
+
+	// Without the token, every route but /health answers 401.
+	e.token = ""
+	for _, rt := range e.srv.Routes() {
+		path := strings.ReplaceAll(rt.Path, "{filename}", "model.onnx")
+		check(e, "no token", request{rt.Method, path, "", nil}, ok)
+	}
+
+	for path, item := range doc.Paths.Map() {
+		for method, op := range item.Operations() {
+			key := method + " " + path
+			for code := range op.Responses.Map() {
+				n, _ := strconv.Atoi(code)
+				if !seen[key][n] {
+					t.Errorf("%s documents %s, but no request in this test got it", key, code)
+				}
+			}
+		}
+	}
+}
+
+// openAPIDocument is the document the server serves.
+func openAPIDocument(t *testing.T) []byte {
+	t.Helper()
+	a := newEnv(t, nil).do(t, "GET", "/openapi.json", "", nil)
+	if a.status != 200 {
+		t.Fatalf("GET /openapi.json: %d", a.status)
+	}
+	return a.body
 }
 
 func TestMetrics(t *testing.T) {

@@ -575,42 +575,93 @@ func runConcurrently(t *testing.T, n int, f func() error) {
 	}
 }
 
-// One caller giving up must not fail the others waiting on the same re-login.
+// One caller giving up must not fail the others waiting on the same re-login: the first
+// caller starts the re-login and gives up while it is under way and the second caller waits
+// on it too; the re-login then succeeds and serves the second caller.
 func TestRenewalSurvivesCallerCancel(t *testing.T) {
 	e := newEnv(t, Options{})
 	e.login(t)
+	entered := make(chan struct{}, 1)
 	release := make(chan struct{})
 	inner := e.api
 	e.setHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/login" {
+			entered <- struct{}{}
 			<-release
 		}
 		inner.ServeHTTP(w, r)
 	}))
+	released := false
+	defer func() {
+		if !released {
+			close(release)
+		}
+	}()
 	e.clock.Advance(5 * time.Hour)
+
 	ctx, cancel := context.WithCancel(context.Background())
-	first := make(chan error)
+	first := make(chan error, 1)
 	go func() {
 		_, err := e.client.KeyFragment(ctx)
 		first <- err
 	}()
-	second := make(chan error)
+	select {
+	case <-entered: // the first caller's re-login reached the API, and waits there
+	case err := <-first:
+		t.Fatalf("the first caller returned before logging in again: %v", err)
+	}
+
+	waiting := newDoneWatcher()
+	second := make(chan error, 1)
 	go func() {
-		_, err := e.client.KeyFragment(context.Background())
+		_, err := e.client.KeyFragment(waiting)
 		second <- err
 	}()
-	time.Sleep(50 * time.Millisecond)
+	select {
+	case <-waiting.watched: // the second caller is waiting on something it could give up on
+	case err := <-second:
+		t.Fatalf("the second caller returned while the re-login was held: %v", err)
+	}
+
 	cancel()
 	if err := <-first; !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled caller: err = %v, want context.Canceled", err)
 	}
+	select {
+	case err := <-second:
+		t.Fatalf("the other caller returned before the re-login ended: %v", err)
+	default:
+	}
+	released = true
 	close(release)
 	if err := <-second; err != nil {
 		t.Fatalf("other caller: %v", err)
 	}
 	if n := inner.count("login"); n != 2 {
-		t.Errorf("%d logins, want 2", n)
+		t.Errorf("%d logins, want 2 (the first and one shared re-login)", n)
 	}
+	select {
+	case <-entered:
+		t.Error("the cancelled caller's re-login was repeated")
+	default:
+	}
+}
+
+// doneWatcher is a context that is never cancelled and closes watched the first time its Done
+// channel is asked for: a caller blocks on ctx.Done only when it has nothing else to do but wait.
+type doneWatcher struct {
+	context.Context
+	once    sync.Once
+	watched chan struct{}
+}
+
+func newDoneWatcher() *doneWatcher {
+	return &doneWatcher{Context: context.Background(), watched: make(chan struct{})}
+}
+
+func (w *doneWatcher) Done() <-chan struct{} {
+	w.once.Do(func() { close(w.watched) })
+	return w.Context.Done()
 }
 
 func TestHeaderTimeout(t *testing.T) {

@@ -135,11 +135,62 @@ func removeBucket(t *testing.T, m testenv.MinIOServer, bucket string) {
 	}
 }
 
-// counter is an http.RoundTripper that counts the CDN requests a Service makes.
+// counter is an http.RoundTripper that counts the CDN requests a Service makes. It can hold
+// the answer to one GET halfway (holdGet).
 type counter struct {
 	next http.RoundTripper
 	mu   sync.Mutex
 	reqs []string // "METHOD /path"
+	hold *hold    // for the next GET of hold.path
+}
+
+// hold stops the body of one GET after a number of bytes until it is released.
+type hold struct {
+	path            string
+	after           int64
+	reached         chan struct{} // closed when the body got to the point
+	release         chan struct{}
+	reachedOnce, rl sync.Once
+}
+
+// Release lets the held body go on.
+func (h *hold) Release() { h.rl.Do(func() { close(h.release) }) }
+
+// holdGet makes the body of the next GET of folder/object stop after the given number of
+// bytes until the returned hold is released (at the latest when t ends).
+func (c *counter) holdGet(t testing.TB, folder, object string, after int64) *hold {
+	h := &hold{path: "/" + folder + "/" + object, after: after,
+		reached: make(chan struct{}), release: make(chan struct{})}
+	t.Cleanup(h.Release)
+	c.mu.Lock()
+	c.hold = h
+	c.mu.Unlock()
+	return h
+}
+
+type heldBody struct {
+	io.ReadCloser
+	h    *hold
+	done <-chan struct{} // the request's context
+	left int64
+}
+
+func (b *heldBody) Read(p []byte) (int, error) {
+	if b.left == 0 {
+		b.h.reachedOnce.Do(func() { close(b.h.reached) })
+		select {
+		case <-b.h.release:
+		case <-b.done:
+			return 0, errors.New("request cancelled while held")
+		}
+		return b.ReadCloser.Read(p)
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.ReadCloser.Read(p)
+	b.left -= int64(n)
+	return n, err
 }
 
 func newCounter(t testing.TB) *counter {
@@ -151,8 +202,18 @@ func newCounter(t testing.TB) *counter {
 func (c *counter) RoundTrip(r *http.Request) (*http.Response, error) {
 	c.mu.Lock()
 	c.reqs = append(c.reqs, r.Method+" "+r.URL.Path)
+	h := c.hold
+	if h != nil && r.Method == http.MethodGet && r.URL.Path == h.path {
+		c.hold = nil
+	} else {
+		h = nil
+	}
 	c.mu.Unlock()
-	return c.next.RoundTrip(r)
+	resp, err := c.next.RoundTrip(r)
+	if err == nil && h != nil {
+		resp.Body = &heldBody{ReadCloser: resp.Body, h: h, done: r.Context().Done(), left: h.after}
+	}
+	return resp, err
 }
 
 // gets counts the GETs of folder/object.

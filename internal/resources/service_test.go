@@ -394,13 +394,14 @@ func TestConcurrentOpenSameResource(t *testing.T) {
 }
 
 // lateObserver holds the first two cache misses: the first until the second happened, the
-// second until the first one's download is in the cache. So the second request joins no
-// flight: it missed the cache before the download ended and asks for one after.
+// second until the first request's Open has returned, so its download has ended. So the
+// second request joins no flight: it missed the cache before the download ended and asks
+// for one after.
 type lateObserver struct {
-	mu      sync.Mutex
-	misses  int
-	second  chan struct{}
-	inCache func() bool
+	mu     sync.Mutex
+	misses int
+	second chan struct{}
+	opened chan struct{} // one value per Open that returned
 }
 
 func TestOpenLateJoiner(t *testing.T) {
@@ -408,14 +409,29 @@ func TestOpenLateJoiner(t *testing.T) {
 	e := newEnv(t, envConfig{})
 	data := payload(300_000, 15)
 	e.service().upload(t, e.folder, "m", data)
-	var s *service
-	obs := &lateObserver{second: make(chan struct{})}
-	s = e.serviceWith(func(o *resources.Options) { o.Observer = obs })
-	obs.inCache = func() bool {
-		_, err := os.Stat(s.pairPath(e.folder, "m"))
-		return err == nil
+	obs := &lateObserver{second: make(chan struct{}), opened: make(chan struct{}, 2)}
+	s := e.serviceWith(func(o *resources.Options) { o.Observer = obs })
+	var wg sync.WaitGroup
+	for i := range 2 {
+		wg.Go(func() {
+			res, err := s.Open(t.Context(), e.folder, "m")
+			obs.opened <- struct{}{}
+			if err != nil {
+				t.Errorf("request %d: %v", i, err)
+				return
+			}
+			defer res.Close()
+			b, err := io.ReadAll(res)
+			if err != nil {
+				t.Errorf("request %d: read: %v", i, err)
+			}
+			wantSame(t, fmt.Sprintf("request %d", i), b, data)
+		})
 	}
-	openAll(t, s, e.folder, "m", 2, data)
+	wg.Wait()
+	if obs.misses != 2 {
+		t.Errorf("%d cache misses, want 2", obs.misses)
+	}
 	if got := s.cdn.gets(e.folder, "m.big"); got != 1 {
 		t.Errorf("%d GETs of the big part, want 1", got)
 	}
@@ -476,10 +492,9 @@ func (o *lateObserver) CacheMiss() {
 		<-o.second
 	case 2:
 		close(o.second)
-		for !o.inCache() {
-			time.Sleep(time.Millisecond)
-		}
-		time.Sleep(50 * time.Millisecond) // for the flight to end
+		// Only the other request can return from Open now: this one is held here. Once
+		// it did, its flight has ended (singleflight forgets a flight before it answers).
+		<-o.opened
 	}
 }
 
@@ -558,24 +573,33 @@ func TestClientGoesAway(t *testing.T) {
 	halfRead() // from the cache
 	wantGoroutines(t, base, closeIdle)
 
-	// Leaving while the download runs: the download completes for the others, detached.
+	// Leaving while the download runs: the download completes for the others, detached. The
+	// CDN's answer is held halfway until the client has gone.
 	if err := os.Remove(s.bigPath(e.folder, "m")); err != nil {
 		t.Fatal(err)
 	}
+	h := s.cdn.holdGet(t, e.folder, "m.big", size/2)
 	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
 	go func() {
-		for s.cdn.gets(e.folder, "m.big") < 2 {
-			time.Sleep(time.Millisecond)
+		select {
+		case <-h.reached:
+			cancel()
+		case <-ctx.Done():
 		}
-		cancel()
 	}()
-	switch res, err := s.Open(ctx, e.folder, "m"); {
-	case err == nil: // the download was quicker than the cancellation
+	res, err := s.Open(ctx, e.folder, "m")
+	if err == nil {
 		res.Close()
-		t.Log("the download completed before the client left")
-	case !errors.Is(err, context.Canceled):
+		t.Fatal("Open succeeded although the client left halfway through the download")
+	}
+	if !errors.Is(err, context.Canceled) {
 		t.Errorf("Open with the client gone: %v, want context.Canceled", err)
 	}
+	if _, err := os.Stat(s.bigPath(e.folder, "m")); err == nil {
+		t.Error("the big part is in the cache although its download is still held")
+	}
+	h.Release()
 	waitFor(t, func() bool {
 		_, err := os.Stat(s.bigPath(e.folder, "m"))
 		return err == nil && len(s.cacheFiles(t)) == 2

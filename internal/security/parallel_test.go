@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"runtime"
 	"testing"
 )
 
@@ -100,26 +101,53 @@ func TestDecrypterParallel(t *testing.T) {
 	}
 }
 
-// TestDecrypterAllocs checks that what a stream allocates does not grow with its length,
-// with the parallel path forced.
+// TestDecrypterAllocs checks that what a stream allocates, in count and in bytes, does not
+// grow with its length, with the parallel path forced: a 16 MiB stream allocates what a 1 MiB
+// one does.
 func TestDecrypterAllocs(t *testing.T) {
 	if testing.Short() {
 		t.Skip("decrypts 16 MiB")
 	}
-	allocs := func(size int) float64 {
+	measure := func(size int) (allocs, bytes float64) {
 		ct := encryptIV(plaintext(size), testKey, testIV)
 		buf := make([]byte, 32<<10)
-		return testing.AllocsPerRun(5, func() {
+		return allocated(5, func() {
 			if err := drain(newDecrypter(&sliceReader{b: ct}, testKey, 3, minPart), buf); err != nil {
 				t.Fatal(err)
 			}
 		})
 	}
-	small, large := allocs(2*decryptChunkSize), allocs(16<<20)
-	// A blocked WaitGroup.Wait may now and then allocate a sudog: allow one.
-	if large > small+1 {
-		t.Errorf("%v allocations for 16 MiB, %v for 1 MiB", large, small)
+	smallAllocs, smallBytes := measure(2 * decryptChunkSize)
+	largeAllocs, largeBytes := measure(16 << 20)
+	t.Logf("per stream: 1 MiB %.1f allocations, %.0f bytes; 16 MiB %.1f allocations, %.0f bytes",
+		smallAllocs, smallBytes, largeAllocs, largeBytes)
+	// A blocked WaitGroup.Wait may now and then allocate a sudog: allow one, and its bytes.
+	if largeAllocs > smallAllocs+1 {
+		t.Errorf("%v allocations for 16 MiB, %v for 1 MiB", largeAllocs, smallAllocs)
 	}
+	if smallBytes > 2*decryptChunkSize {
+		t.Errorf("%.0f bytes allocated per stream, want about one %d-byte chunk buffer", smallBytes, decryptChunkSize)
+	}
+	if largeBytes > smallBytes+1024 {
+		t.Errorf("%.0f bytes allocated for 16 MiB, %.0f for 1 MiB: the allocation grows with the length",
+			largeBytes, smallBytes)
+	}
+}
+
+// allocated runs f once to warm up, then runs times, and returns the average number of heap
+// allocations and of heap bytes allocated per run. Like testing.AllocsPerRun it measures with
+// GOMAXPROCS at 1, so that little else runs meanwhile.
+func allocated(runs int, f func()) (allocs, bytes float64) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	f()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range runs {
+		f()
+	}
+	runtime.ReadMemStats(&after)
+	return float64(after.Mallocs-before.Mallocs) / float64(runs),
+		float64(after.TotalAlloc-before.TotalAlloc) / float64(runs)
 }
 
 // testReader reads from r random amounts, from 1 byte to a little over a chunk, if rng is
