@@ -4,7 +4,9 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -18,7 +20,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/azaion/loader/internal/docker/dockertest"
+	"github.com/azaion/loader/internal/hardware"
 	"github.com/azaion/loader/internal/logging"
+	"github.com/azaion/loader/internal/security"
 )
 
 var (
@@ -267,6 +272,89 @@ func TestSIGTERMLetsALoadFinish(t *testing.T) {
 	}
 	if regexp.MustCompile(`eyJ[\w-]+\.[\w-]+\.[\w-]+`).Match(data) {
 		t.Error("a JWT is in the logs")
+	}
+}
+
+// TestProcessLogsHoldNoSecrets runs the real binary through a login, an upload and a load and an
+// unlock to ready, then reads every log file and its stderr for a secret.
+func TestProcessLogsHoldNoSecrets(t *testing.T) {
+	e := newTestEnv(t, envOptions{minio: true, docker: true}) // reference API, MinIO, dockerd
+	tag := ulTag()
+	images := []string{"azaion/annotations", "azaion/flights"}
+	archive := filepath.Join(t.TempDir(), "images.enc")
+	ulEncrypt(t, e.fragment, bytes.NewReader(dockertest.BuildArchive(t, e.cfg.DockerHost, ulRefs(images, tag))), archive)
+	logDir := t.TempDir()
+	p := startProcess(t, "RESOURCE_API_URL="+e.refSrv.URL, "MODEL_CACHE_DIR="+t.TempDir(), "LOG_DIR="+logDir,
+		"LOG_LEVEL=debug", "DOCKER_HOST="+e.cfg.DockerHost, "IMAGES_PATH="+archive,
+		"DOCKER_IMAGES="+strings.Join(images, ","), "API_VERSION="+tag)
+	call := func(method, path, ctype string, body io.Reader) []byte {
+		t.Helper()
+		req, _ := http.NewRequest(method, p.url+path, body)
+		if ctype != "" {
+			req.Header.Set("Content-Type", ctype)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s %s: %d %s", method, path, resp.StatusCode, b)
+		}
+		return b
+	}
+	creds := fmt.Sprintf(`{"email":%q,"password":%q}`, testEmail, testPassword)
+	call("POST", "/login", "application/json", strings.NewReader(creds))
+	folder := folderFor(t)
+	content := payload(100<<10, 12)
+	pr, pw := io.Pipe()
+	go multipartWriter(pw, folder, "m.bin", content)()
+	call("POST", "/upload/m.bin", "multipart/form-data; boundary="+testBoundary, pr)
+	if got := call("POST", "/load/m.bin", "application/json", strings.NewReader(`{"folder":"`+folder+`"}`)); !bytes.Equal(got, content) {
+		t.Fatal("load returned other bytes than uploaded")
+	}
+	call("POST", "/unlock", "application/json", strings.NewReader(creds))
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		var st struct {
+			State string  `json:"state"`
+			Error *string `json:"error"`
+		}
+		json.Unmarshal(call("GET", "/unlock/status", "", nil), &st)
+		if st.State == "ready" {
+			break
+		}
+		if st.State == "error" || time.Now().After(deadline) {
+			t.Fatalf("unlock ended in %s (%v)", st.State, st.Error)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	<-p.done
+
+	logs := p.stderr.String() + readDir(t, logDir)
+	hw := hardware.Fingerprint("/")
+	for what, secret := range map[string]string{
+		"password":      testPassword,
+		"key fragment":  fmt.Sprintf("%x", e.fragment),
+		"archive key":   fmt.Sprintf("%x", security.ArchiveKey(e.fragment)),
+		"API key":       security.APIKey(testEmail, testPassword, security.HardwareHash(hw)),
+		"hardware":      hw,
+		"hardware hash": security.HardwareHash(hw),
+		"CDN secret":    e.minio.SecretKey,
+	} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("the %s appears in the logs", what)
+		}
+	}
+	if tok := jwtPattern.FindString(logs); tok != "" {
+		t.Errorf("a token %.12s… appears in the logs", tok)
+	}
+	for _, want := range []string{"POST /login", "POST /upload/{filename}", "POST /load/{filename}", "POST /unlock", "state=ready"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the logs lack %q: the check above read the wrong thing", want)
+		}
 	}
 }
 
