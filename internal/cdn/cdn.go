@@ -29,10 +29,11 @@ import (
 
 // Defaults of Options.
 const (
-	DefaultStallTimeout = 30 * time.Second
-	DefaultMaxResumes   = 5
-	DefaultBackoff      = 500 * time.Millisecond
-	DefaultRegion       = "us-east-1"
+	DefaultStallTimeout  = 30 * time.Second
+	DefaultStallMinBytes = 1 << 10
+	DefaultMaxResumes    = 5
+	DefaultBackoff       = 500 * time.Millisecond
+	DefaultRegion        = "us-east-1"
 
 	// maxBackoff caps the doubling backoff between resumes (unless Options.Backoff is larger).
 	maxBackoff = 30 * time.Second
@@ -64,9 +65,13 @@ type Options struct {
 	// Transport carries the HTTP requests; nil means minio-go's default transport. Tests wrap it
 	// to count and inspect the requests.
 	Transport http.RoundTripper
-	// StallTimeout abandons a download attempt that delivers no byte for this long, and
-	// resumes it. Zero means DefaultStallTimeout.
+	// StallTimeout abandons a download attempt that delivers fewer than StallMinBytes in this
+	// long, and resumes it. Zero means DefaultStallTimeout.
 	StallTimeout time.Duration
+	// StallMinBytes is how much a download must deliver per StallTimeout not to count as
+	// stalled, so a connection that trickles a byte now and then cannot hold a download (and
+	// every request waiting on it) for ever. Zero means DefaultStallMinBytes.
+	StallMinBytes int64
 	// MaxResumes bounds the repeated requests of one call after a broken or stalled
 	// connection, a refused connection or a 5xx answer. Zero means DefaultMaxResumes, a
 	// negative value no repetition at all. It also bounds minio-go's own retries of the
@@ -88,6 +93,7 @@ type Client struct {
 	endpoint             string // scheme://host, for logs
 
 	stall      time.Duration
+	stallMin   int64
 	maxResumes int
 	backoff    time.Duration
 	log        *slog.Logger
@@ -106,6 +112,7 @@ func New(cfg Config, opts Options) (*Client, error) {
 		accessKey:  cfg.AccessKey,
 		secretKey:  cfg.SecretKey,
 		stall:      opts.StallTimeout,
+		stallMin:   opts.StallMinBytes,
 		maxResumes: opts.MaxResumes,
 		backoff:    opts.Backoff,
 		log:        opts.Logger,
@@ -117,6 +124,9 @@ func New(cfg Config, opts Options) (*Client, error) {
 	}
 	if c.stall <= 0 {
 		c.stall = DefaultStallTimeout
+	}
+	if c.stallMin <= 0 {
+		c.stallMin = DefaultStallMinBytes
 	}
 	switch {
 	case c.maxResumes == 0:

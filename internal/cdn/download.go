@@ -95,8 +95,9 @@ func (d *download) sizeText() string {
 }
 
 // attempt makes one GET, from d.written on, and copies its body into d.w. The attempt's
-// context is cancelled with errStalled when no byte arrives for the stall timeout; the
-// timer does not run while d.w is writing, so a slow destination is not taken for a stall.
+// context is cancelled with errStalled when a stall window (the stall timeout) ends before
+// stallMin bytes arrived in it; the window's clock does not run while d.w is writing, so a slow
+// destination is not taken for a stall.
 func (d *download) attempt(ctx context.Context) error {
 	if d.size >= 0 && d.written == d.size {
 		return nil // the connection broke after the last byte
@@ -105,6 +106,7 @@ func (d *download) attempt(ctx context.Context) error {
 	defer cancel(nil)
 	watchdog := time.AfterFunc(d.c.stall, func() { cancel(errStalled) })
 	defer watchdog.Stop()
+	left, started, inWindow := d.c.stall, time.Now(), int64(0) // the current stall window
 
 	var opts minio.GetObjectOptions
 	if d.written > 0 {
@@ -129,6 +131,7 @@ func (d *download) attempt(ctx context.Context) error {
 		n, rerr := body.Read(d.buf)
 		if n > 0 {
 			watchdog.Stop()
+			left -= time.Since(started)
 			if d.written+int64(n) > d.size {
 				return fmt.Errorf("%w: more than the object's %d bytes", errBadAnswer, d.size)
 			}
@@ -140,7 +143,15 @@ func (d *download) attempt(ctx context.Context) error {
 			if werr != nil {
 				return &writeError{werr}
 			}
-			watchdog.Reset(d.c.stall)
+			if inWindow += int64(n); inWindow >= d.c.stallMin {
+				left, inWindow = d.c.stall, 0 // enough progress: a new window
+			}
+			started = time.Now()
+			if left <= 0 {
+				cancel(errStalled) // the window ran out while it trickled
+			} else {
+				watchdog.Reset(left)
+			}
 		}
 		switch {
 		case rerr == io.EOF && d.written < d.size:

@@ -206,13 +206,14 @@ type proxy struct {
 	target string
 	events chan proxyEvent
 
-	mu     sync.Mutex
-	policy func(i int) (limit int64, stall bool)
-	gen    int // how many times setPolicy was called
-	conns  []net.Conn
-	n      int
-	closed chan struct{}
-	wg     sync.WaitGroup
+	mu      sync.Mutex
+	trickle time.Duration // when set, a stalled connection forwards one byte per trickle
+	policy  func(i int) (limit int64, stall bool)
+	gen     int // how many times setPolicy was called
+	conns   []net.Conn
+	n       int
+	closed  chan struct{}
+	wg      sync.WaitGroup
 }
 
 // proxyEvent is a cut or a stall of connection conn (numbered as policy saw it) under the
@@ -322,7 +323,32 @@ func (p *proxy) serve(client net.Conn, gen, i int, policy func(int) (int64, bool
 		case p.events <- proxyEvent{gen: gen, conn: i, stall: stall}:
 		default:
 		}
-		if stall {
+		p.mu.Lock()
+		trickle := p.trickle
+		p.mu.Unlock()
+		switch {
+		case stall && trickle > 0:
+			// Keep the connection barely alive: a byte now and then, never enough.
+			tick := time.NewTicker(trickle)
+			defer tick.Stop()
+			one := make([]byte, 1)
+		trickling:
+			for {
+				select {
+				case <-upDone:
+					break trickling
+				case <-p.closed:
+					break trickling
+				case <-tick.C:
+					if _, err := io.ReadFull(server, one); err != nil {
+						break trickling
+					}
+					if _, err := client.Write(one); err != nil {
+						break trickling
+					}
+				}
+			}
+		case stall:
 			// Hold the connection open, silent, until the client or the test gives up.
 			select {
 			case <-upDone:
@@ -549,6 +575,43 @@ func TestResumeAfterStall(t *testing.T) {
 	reqs := rt.requests()
 	if len(reqs) < 2 { // more only if a slow machine paused a resumed attempt for 300ms as well
 		t.Errorf("%d requests, want 2", len(reqs))
+	}
+	checkRanged(t, reqs, etag)
+}
+
+// TestTrickleIsAStall: a connection that delivers a byte every 20 ms never goes silent, but
+// brings less than StallMinBytes per stall window: it is resumed, not waited on for ever.
+func TestTrickleIsAStall(t *testing.T) {
+	m := testenv.MinIO(t)
+	bucket := bucketName(t, m)
+	data := payload(2<<20, 14)
+	put(t, m, bucket, "model.big", data)
+	_, etag, err := newClient(t, m, "", cdn.Options{}).Stat(t.Context(), bucket, "model.big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startProxy(t, m.Endpoint, func(i int) (int64, bool) {
+		if i == 0 {
+			return 512 << 10, true
+		}
+		return -1, false
+	})
+	p.mu.Lock()
+	p.trickle = 20 * time.Millisecond
+	p.mu.Unlock()
+	rt := &recordingTransport{base: newTransport(t)}
+	c := newClient(t, m, p.Addr(), cdn.Options{Transport: rt, StallTimeout: 300 * time.Millisecond, Backoff: 10 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second) // a hang shows as a failure, not a stuck run
+	defer cancel()
+	var buf bytes.Buffer
+	n, err := c.Download(ctx, bucket, "model.big", &buf)
+	if err != nil {
+		t.Fatalf("Download: %v (after %d bytes)", err, n)
+	}
+	checkSame(t, buf.Bytes(), data)
+	reqs := rt.requests()
+	if len(reqs) < 2 {
+		t.Errorf("%d requests, want the trickling one resumed", len(reqs))
 	}
 	checkRanged(t, reqs, etag)
 }

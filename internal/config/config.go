@@ -45,7 +45,7 @@ type Config struct {
 	// UpstreamTimeout bounds connecting to the Resource API and waiting for its answer's
 	// headers (and any pause inside an answer); it never cuts a long, moving body.
 	UpstreamTimeout time.Duration
-	// CDNStallTimeout: a CDN download that delivers no byte this long is resumed.
+	// CDNStallTimeout: a CDN download that delivers less than 1 KiB in this long is resumed.
 	CDNStallTimeout time.Duration
 }
 
@@ -140,7 +140,7 @@ var settings = []setting{
 	{"docker-host", "DOCKER_HOST", "unix:///var/run/docker.sock", "Docker Engine API address", false, str(func(c *Config) *string { return &c.DockerHost })},
 	{"jwt-secret", "JWT_SECRET", "", "HS256 secret to verify Resource API tokens (empty: not verified)", true, str(func(c *Config) *string { return &c.JWTSecret })},
 	{"upstream-timeout", "UPSTREAM_TIMEOUT", "30s", "limit on connecting to the Resource API and waiting for its answer", false, duration(func(c *Config) *time.Duration { return &c.UpstreamTimeout })},
-	{"cdn-stall-timeout", "CDN_STALL_TIMEOUT", "30s", "a CDN download that delivers no byte this long is resumed from where it stopped", false, duration(func(c *Config) *time.Duration { return &c.CDNStallTimeout })},
+	{"cdn-stall-timeout", "CDN_STALL_TIMEOUT", "30s", "a CDN download that delivers less than 1 KiB in this long is resumed from where it stopped", false, duration(func(c *Config) *time.Duration { return &c.CDNStallTimeout })},
 	{"jwt-public-key", "JWT_PUBLIC_KEY", "", "PEM public key file to verify Resource API tokens (empty: not verified)", false, str(func(c *Config) *string { return &c.JWTPublicKey })},
 }
 
