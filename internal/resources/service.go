@@ -502,6 +502,11 @@ func (s *Service) Upload(ctx context.Context, folder, name string, r io.Reader) 
 	}
 	if err := s.api.UploadResource(ctx, folder, name+".small", bytes.NewReader(small)); err != nil {
 		os.Remove(p.f.Name())
+		// SPEC §5 puts the big part first, so the CDN now holds the new one while the API may
+		// keep an older small part: devices without a cache would decrypt a mix of the two
+		// (CBC cannot tell) until an upload of this resource succeeds. Say so loudly.
+		s.log.Error("upload left the CDN's big part newer than the Resource API's small part; upload the resource again",
+			"folder", folder, "name", name, "err", err)
 		return fmt.Errorf("upload small part of %s/%s: %w", folder, name, err)
 	}
 	return p.commit()
