@@ -33,9 +33,9 @@ func workers() int {
 const maxPieces = 64
 
 // cbcPool decrypts CBC ciphertext in place with up to len(workers) goroutines. The data is
-// cut into pieces of at least minPart bytes (at most maxPieces of them) that the goroutines take in turn, so a goroutine that
-// starts late, or a core that is busy with something else, only means fewer pieces for it
-// rather than everyone waiting for its fixed share. The goroutines live only for one call
+// cut into pieces of at least minPart bytes (at most maxPieces of them) that the goroutines
+// take in turn, so a goroutine that starts late, or a core that is busy with something else,
+// only means fewer pieces for it rather than everyone waiting for its fixed share. The goroutines live only for one call
 // of decrypt, so nothing outlives the Read that calls it and nothing needs stopping.
 // Everything is allocated up front: a call allocates nothing.
 type cbcPool struct {
