@@ -71,8 +71,9 @@ USER 65532:65532
 
 EXPOSE 8080
 
-# No HEALTHCHECK: the image has no shell or curl to run one. Probe GET /health from outside
-# (it needs no token), e.g. curl -fsS http://127.0.0.1:8080/health.
+# The image has no shell or curl: the binary asks its own GET /health (port from LISTEN_ADDR).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+	CMD ["/azaion-loader", "healthcheck"]
 
 ENTRYPOINT ["/azaion-loader"]
 CMD ["serve"]

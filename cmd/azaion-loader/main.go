@@ -58,6 +58,7 @@ func commands() []command {
 		{"unlock", "run the unlock workflow once, with progress, and exit", runUnlock},
 		{"archive", "make an encrypted image archive: archive encrypt --key-fragment F --in TAR --out ENC", runArchive},
 		{"hwinfo", "print this machine's hardware fingerprint string", runHWInfo},
+		{"healthcheck", "exit 0 if the running service answers GET /health (for container health checks)", runHealthcheck},
 		{"version", "print version, commit and Go version", runVersion},
 	}
 }
@@ -86,7 +87,7 @@ func printUsage(w io.Writer) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Commands:")
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-11s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Every flag can also be set by its environment variable; \"azaion-loader <command> --help\" lists them.")
