@@ -110,11 +110,19 @@ func newClient(t *testing.T, m testenv.MinIOServer, endpoint string, opts cdn.Op
 }
 
 // put uploads data as bucket/object through a direct client.
-func put(t *testing.T, m testenv.MinIOServer, bucket, object string, data []byte) {
+// put uploads data as bucket/object and returns the object's ETag, which resumed downloads
+// must carry.
+func put(t *testing.T, m testenv.MinIOServer, bucket, object string, data []byte) (etag string) {
 	t.Helper()
-	if err := newClient(t, m, "", cdn.Options{}).Upload(t.Context(), bucket, object, bytes.NewReader(data), int64(len(data))); err != nil {
+	c := newClient(t, m, "", cdn.Options{})
+	if err := c.Upload(t.Context(), bucket, object, bytes.NewReader(data), int64(len(data))); err != nil {
 		t.Fatalf("upload: %v", err)
 	}
+	_, etag, err := c.Stat(t.Context(), bucket, object)
+	if err != nil {
+		t.Fatalf("stat: %v", err)
+	}
+	return etag
 }
 
 func checkSame(t *testing.T, got, want []byte) {
@@ -506,12 +514,7 @@ func TestResumeAfterBrokenConnection(t *testing.T) {
 	m := testenv.MinIO(t)
 	bucket := bucketName(t, m)
 	data := payload(8<<20, 8)
-	put(t, m, bucket, "model.big", data)
-	c0 := newClient(t, m, "", cdn.Options{})
-	_, etag, err := c0.Stat(t.Context(), bucket, "model.big")
-	if err != nil {
-		t.Fatal(err)
-	}
+	etag := put(t, m, bucket, "model.big", data)
 
 	p := startProxy(t, m.Endpoint, cutAfter(1<<20, 2<<20+12345))
 	rt := &recordingTransport{base: newTransport(t)}
@@ -544,11 +547,7 @@ func TestResumeAfterStall(t *testing.T) {
 	m := testenv.MinIO(t)
 	bucket := bucketName(t, m)
 	data := payload(4<<20, 4)
-	put(t, m, bucket, "model.big", data)
-	_, etag, err := newClient(t, m, "", cdn.Options{}).Stat(t.Context(), bucket, "model.big")
-	if err != nil {
-		t.Fatal(err)
-	}
+	etag := put(t, m, bucket, "model.big", data)
 
 	p := startProxy(t, m.Endpoint, func(i int) (int64, bool) {
 		if i == 0 {
@@ -585,11 +584,7 @@ func TestTrickleIsAStall(t *testing.T) {
 	m := testenv.MinIO(t)
 	bucket := bucketName(t, m)
 	data := payload(2<<20, 14)
-	put(t, m, bucket, "model.big", data)
-	_, etag, err := newClient(t, m, "", cdn.Options{}).Stat(t.Context(), bucket, "model.big")
-	if err != nil {
-		t.Fatal(err)
-	}
+	etag := put(t, m, bucket, "model.big", data)
 	p := startProxy(t, m.Endpoint, func(i int) (int64, bool) {
 		if i == 0 {
 			return 512 << 10, true
@@ -620,11 +615,7 @@ func TestTooManyBreaks(t *testing.T) {
 	m := testenv.MinIO(t)
 	bucket := bucketName(t, m)
 	data := payload(4<<20, 5)
-	put(t, m, bucket, "model.big", data)
-	_, etag, err := newClient(t, m, "", cdn.Options{}).Stat(t.Context(), bucket, "model.big")
-	if err != nil {
-		t.Fatal(err)
-	}
+	etag := put(t, m, bucket, "model.big", data)
 
 	p := startProxy(t, m.Endpoint, func(int) (int64, bool) { return 256 << 10, false })
 	rt := &recordingTransport{base: newTransport(t)}
