@@ -201,24 +201,38 @@ func detail(t *testing.T, body []byte) string {
 // jwtPattern matches a JSON Web Token (base64url header starting with {" ...).
 var jwtPattern = regexp.MustCompile(`eyJ[\w-]+\.[\w-]+\.[\w-]*`)
 
-// assertNoSecrets fails if the loader's logs (stderr and files) hold a secret: the password, a
-// token, the API key, the hardware fingerprint, the key fragment, the CDN keys, or extra.
+// assertNoSecrets fails if the loader's logs (stderr and files) hold a secret (see
+// checkNoSecrets) or one of extra.
 func (e *testEnv) assertNoSecrets(extra ...string) {
 	e.t.Helper()
 	e.loader.logCloser.Close() // flush the day's file
-	all := e.logs.String() + readDir(e.t, e.cfg.LogDir)
+	e.checkNoSecrets(e.logs.String()+readDir(e.t, e.cfg.LogDir), extra...)
+}
+
+// checkNoSecrets fails if logs hold any token, or the password, the key fragment, the archive
+// key, the API key, the hardware fingerprint or its hash, a CDN secret, or one of extra.
+func (e *testEnv) checkNoSecrets(logs string, extra ...string) {
+	e.t.Helper()
 	hw := hardware.Fingerprint("/")
-	secrets := append([]string{
-		testPassword, fmt.Sprintf("%x", e.fragment), hw, security.HardwareHash(hw),
-		security.APIKey(testEmail, testPassword, security.HardwareHash(hw)),
-		e.cdn.DownloaderAccessSecret, e.cdn.UploaderAccessSecret,
-	}, extra...)
-	for _, s := range secrets {
-		if len(s) > 3 && strings.Contains(all, s) {
-			e.t.Errorf("a secret %.6s… appears in the logs", s)
+	secrets := map[string]string{
+		"password":          testPassword,
+		"key fragment":      fmt.Sprintf("%x", e.fragment),
+		"archive key":       fmt.Sprintf("%x", security.ArchiveKey(e.fragment)),
+		"API key":           security.APIKey(testEmail, testPassword, security.HardwareHash(hw)),
+		"hardware":          hw,
+		"hardware hash":     security.HardwareHash(hw),
+		"downloader secret": e.cdn.DownloaderAccessSecret,
+		"uploader secret":   e.cdn.UploaderAccessSecret,
+	}
+	for i, s := range extra {
+		secrets[fmt.Sprintf("extra secret %d", i)] = s
+	}
+	for what, s := range secrets {
+		if len(s) > 3 && strings.Contains(logs, s) {
+			e.t.Errorf("the %s appears in the logs", what)
 		}
 	}
-	if tok := jwtPattern.FindString(all); tok != "" {
+	if tok := jwtPattern.FindString(logs); tok != "" {
 		e.t.Errorf("a token %.12s… appears in the logs", tok)
 	}
 }
