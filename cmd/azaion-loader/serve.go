@@ -18,6 +18,7 @@ import (
 
 	"github.com/azaion/loader/internal/cdn"
 	"github.com/azaion/loader/internal/config"
+	"github.com/azaion/loader/internal/device"
 	"github.com/azaion/loader/internal/docker"
 	"github.com/azaion/loader/internal/hardware"
 	"github.com/azaion/loader/internal/httpapi"
@@ -42,6 +43,7 @@ type loader struct {
 	unlock    *unlock.Unlocker
 	registry  *prometheus.Registry
 	metrics   *metrics.Metrics
+	identity  *device.Identity // from DEVICE_CONFIG; nil when the device has none
 }
 
 // newLoader builds the service from its configuration. rootFS is where the hardware
@@ -158,6 +160,10 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return usageError{err}
 	}
+	identity, err := loadIdentity(ctx, cfg)
+	if err != nil {
+		return err
+	}
 	var devEnv *devEnvironment
 	if *dev {
 		if devEnv, err = startDev(ctx, &cfg); err != nil {
@@ -170,6 +176,10 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	defer l.Close()
+	l.identity = identity
+	if identity != nil {
+		l.log.Info("device identity loaded", "file", cfg.DeviceConfig)
+	}
 
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {

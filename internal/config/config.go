@@ -47,6 +47,8 @@ type Config struct {
 	UpstreamTimeout time.Duration
 	// CDNStallTimeout: a CDN download that delivers less than 1 KiB in this long is resumed.
 	CDNStallTimeout time.Duration
+	// DeviceConfig is the device identity file (SPEC §10); a missing file means none.
+	DeviceConfig string
 }
 
 // setting is one row of the configuration table: a flag, its environment variable and default.
@@ -142,6 +144,7 @@ var settings = []setting{
 	{"upstream-timeout", "UPSTREAM_TIMEOUT", "30s", "limit on connecting to the Resource API and waiting for its answer", false, duration(func(c *Config) *time.Duration { return &c.UpstreamTimeout })},
 	{"cdn-stall-timeout", "CDN_STALL_TIMEOUT", "30s", "a CDN download that delivers less than 1 KiB in this long is resumed from where it stopped", false, duration(func(c *Config) *time.Duration { return &c.CDNStallTimeout })},
 	{"jwt-public-key", "JWT_PUBLIC_KEY", "", "PEM public key file to verify Resource API tokens (empty: not verified)", false, str(func(c *Config) *string { return &c.JWTPublicKey })},
+	{"device-config", "DEVICE_CONFIG", "/etc/azaion/device.conf", "device identity file (AZAION_DEVICE_EMAIL, AZAION_DEVICE_PASSWORD; mode 0600) for unattended login and unlock; a missing file means none", false, str(func(c *Config) *string { return &c.DeviceConfig })},
 }
 
 // Names lists the environment variables the configuration reads, in table order.

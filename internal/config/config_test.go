@@ -34,6 +34,7 @@ func TestDefaults(t *testing.T) {
 		DockerImages: DefaultImages, ModelCacheDir: "models", ListenAddr: ":8080", LogDir: "Logs",
 		LogLevel: slog.LevelInfo, LogFormat: "text", DockerHost: "unix:///var/run/docker.sock",
 		UpstreamTimeout: 30 * time.Second, CDNStallTimeout: 30 * time.Second,
+		DeviceConfig: "/etc/azaion/device.conf",
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got %+v\nwant %+v", c, want)
