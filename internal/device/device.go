@@ -61,12 +61,44 @@ type Options struct {
 	// Owner is the user id the file must belong to (besides root); negative means the
 	// process's effective user id.
 	Owner int
+	// TPM unseals a sealed device config (SPEC §12); nil refuses sealed files.
+	TPM Unsealer
+}
+
+// Unsealer opens a sealed device config: internal/tpm satisfies it. Unseal returns the plain
+// device config, which the caller clears after parsing. Its errors wrap ErrSealedForAnotherTPM,
+// ErrSealedDamaged or ErrPCRsChanged when the TPM refuses the file; any other error (the TPM does
+// not answer within ctx) is not the file's fault.
+type Unsealer interface {
+	Unseal(ctx context.Context, s Sealed) ([]byte, error)
 }
 
 // Load reads the device identity from path. A file that does not exist is no identity: nil and
 // no error. A file that exists but cannot be used is an *Error. ctx bounds the work of reading
 // it (a sealed file is unsealed by a device that may hang).
 func Load(ctx context.Context, path string, opts Options) (*Identity, error) {
+	data, err := read(path, opts)
+	if data == nil || err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		clear(data)
+		return nil, err
+	}
+	if LooksSealed(data) {
+		return loadSealed(ctx, path, data, opts)
+	}
+	id, err := parsePlain(path, data)
+	clear(data)
+	if err != nil {
+		return nil, err
+	}
+	return &id, nil
+}
+
+// read returns the content of the device config at path after the checks of checkFile; nil
+// and no error when there is no file.
+func read(path string, opts Options) ([]byte, error) {
 	if path == "" {
 		return nil, nil
 	}
@@ -86,24 +118,120 @@ func Load(ctx context.Context, path string, opts Options) (*Identity, error) {
 	if err := checkFile(path, fi, opts); err != nil {
 		return nil, err
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
 	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
 	if err != nil {
+		clear(data)
 		return nil, &Error{Path: path, Problem: "cannot be read (" + describe(err) + ")", Fix: "check the file"}
 	}
 	if len(data) > maxFileSize {
+		clear(data)
 		return nil, &Error{Path: path, Problem: fmt.Sprintf("is larger than %d bytes", maxFileSize),
 			Fix: "it must hold only " + KeyEmail + " and " + KeyPassword}
 	}
-	id, perr := Parse(data)
-	clear(data)
-	if perr != nil {
-		return nil, &Error{Path: path, Problem: perr.Error(),
+	return data, nil
+}
+
+func parsePlain(path string, data []byte) (Identity, error) {
+	id, err := Parse(data)
+	if err != nil {
+		return Identity{}, &Error{Path: path, Problem: err.Error(),
 			Fix: "it must hold exactly the keys " + KeyEmail + " and " + KeyPassword + ", one KEY=VALUE per line"}
 	}
+	return id, nil
+}
+
+// loadSealed unseals a sealed device config through opts.TPM. The plain text lives only in
+// memory, and only until it is parsed.
+func loadSealed(ctx context.Context, path string, data []byte, opts Options) (*Identity, error) {
+	reseal := "reseal it on this device from the provisioning record: azaion-loader device seal --in - --out " + path
+	s, err := ParseSealed(data)
+	if err != nil {
+		return nil, sealedFileError(path, err)
+	}
+	if opts.TPM == nil {
+		return nil, &Error{Path: path, Problem: "is sealed to a TPM, and no TPM is configured", Fix: "set TPM_DEVICE"}
+	}
+	plain, err := opts.TPM.Unseal(ctx, s)
+	switch {
+	case errors.Is(err, ErrSealedForAnotherTPM):
+		return nil, &Error{Path: path, Problem: "cannot be unsealed: it was sealed for another TPM (a copied disk, a swapped board, or this TPM was cleared)", Fix: reseal}
+	case errors.Is(err, ErrPCRsChanged):
+		return nil, &Error{Path: path, Problem: "cannot be unsealed: the values of the PCRs it is bound to (" + FormatPCRs(s.PCRs) + ") changed since it was sealed (a firmware or boot change)", Fix: reseal}
+	case errors.Is(err, ErrSealedDamaged):
+		return nil, &Error{Path: path, Problem: "is a sealed device config, and it is " + err.Error(), Fix: reseal}
+	case err != nil:
+		return nil, fmt.Errorf("device config %s: %w", path, err)
+	}
+	id, perr := Parse(plain)
+	clear(plain)
+	if perr != nil {
+		return nil, &Error{Path: path, Problem: "was unsealed, but what it holds is not a device config: " + perr.Error(), Fix: reseal}
+	}
 	return &id, nil
+}
+
+func sealedFileError(path string, err error) *Error {
+	fix := "reseal it on this device from the provisioning record: azaion-loader device seal --in - --out " + path
+	if errors.Is(err, ErrSealedDamaged) {
+		return &Error{Path: path, Problem: "is a sealed device config, and it is " + err.Error(), Fix: fix}
+	}
+	return &Error{Path: path, Problem: "is a sealed device config this loader cannot read: " + err.Error(), Fix: "use the loader that sealed it, or " + fix}
+}
+
+// Kind is what a DEVICE_CONFIG path holds.
+type Kind string
+
+// The kinds of device config.
+const (
+	KindNone   Kind = "none"
+	KindPlain  Kind = "plain"
+	KindSealed Kind = "sealed"
+)
+
+// Description is what a device config path holds, found without a TPM and without keeping or
+// showing any value from it.
+type Description struct {
+	Kind Kind
+	// Problem is why Load would refuse the file as far as can be told without a TPM (its
+	// permissions, its syntax, a damaged sealed file); nil when none is seen.
+	Problem error
+	Sealed  *Sealed // the sealed file's fields, when it is sealed and readable
+}
+
+// Describe says what path holds, for "azaion-loader device info".
+func Describe(path string, opts Options) Description {
+	if path == "" {
+		return Description{Kind: KindNone}
+	}
+	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+		return Description{Kind: KindNone}
+	}
+	data, err := read(path, opts)
+	if err != nil {
+		// The kind is still worth telling when the content can be seen (a sealed file with
+		// lax permissions); when it cannot, say "plain" only if the file is not readable at all.
+		d := Description{Kind: KindPlain, Problem: err}
+		if raw, rerr := os.ReadFile(path); rerr == nil {
+			if LooksSealed(raw) {
+				d.Kind = KindSealed
+			}
+			clear(raw)
+		}
+		return d
+	}
+	defer clear(data)
+	if data == nil {
+		return Description{Kind: KindNone}
+	}
+	if LooksSealed(data) {
+		s, err := ParseSealed(data)
+		if err != nil {
+			return Description{Kind: KindSealed, Problem: sealedFileError(path, err)}
+		}
+		return Description{Kind: KindSealed, Sealed: &s}
+	}
+	_, err = parsePlain(path, data)
+	return Description{Kind: KindPlain, Problem: err}
 }
 
 // checkFile refuses what ssh refuses for a private key: anything but a regular file, access for
