@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -49,6 +50,12 @@ type Config struct {
 	CDNStallTimeout time.Duration
 	// DeviceConfig is the device identity file (SPEC §10); a missing file means none.
 	DeviceConfig string
+	// TPMDevice unseals a sealed DeviceConfig (SPEC §12): a TPM character device, or
+	// "unix://PATH" for a TPM simulator's socket.
+	TPMDevice string
+	// TPMTimeout bounds everything asked of the TPM: a TPM that does not answer in time fails
+	// the start (exit code 1, so the service manager tries again).
+	TPMTimeout time.Duration
 }
 
 // setting is one row of the configuration table: a flag, its environment variable and default.
@@ -145,6 +152,14 @@ var settings = []setting{
 	{"cdn-stall-timeout", "CDN_STALL_TIMEOUT", "30s", "a CDN download that delivers less than 1 KiB in this long is resumed from where it stopped", false, duration(func(c *Config) *time.Duration { return &c.CDNStallTimeout })},
 	{"jwt-public-key", "JWT_PUBLIC_KEY", "", "PEM public key file to verify Resource API tokens (empty: not verified)", false, str(func(c *Config) *string { return &c.JWTPublicKey })},
 	{"device-config", "DEVICE_CONFIG", "/etc/azaion/device.conf", "device identity file (AZAION_DEVICE_EMAIL, AZAION_DEVICE_PASSWORD; mode 0600) for unattended login and unlock; a missing file means none", false, str(func(c *Config) *string { return &c.DeviceConfig })},
+	{"tpm-device", "TPM_DEVICE", "/dev/tpmrm0", "TPM that unseals a sealed DEVICE_CONFIG: a TPM device, or unix://PATH for a TPM simulator's socket", false, func(c *Config, v string) error {
+		if v == "" || v == "unix://" {
+			return errors.New("must be a TPM device path or unix://PATH")
+		}
+		c.TPMDevice = v
+		return nil
+	}},
+	{"tpm-timeout", "TPM_TIMEOUT", "30s", "limit on everything asked of the TPM at start (a TPM that does not answer: exit code 1)", false, duration(func(c *Config) *time.Duration { return &c.TPMTimeout })},
 }
 
 // Names lists the environment variables the configuration reads, in table order.
@@ -159,8 +174,17 @@ func Names() []string {
 // Register adds one flag per setting to fs. The flag's default is the environment variable's
 // value when set, else the built-in default; Load then validates whatever was chosen.
 func Register(fs *flag.FlagSet, getenv func(string) string) *Loader {
+	return RegisterOnly(fs, getenv, Names()...)
+}
+
+// RegisterOnly is Register for the settings named by their environment variables, for commands
+// that need a few of them (azaion-loader device). Load then fills only those fields.
+func RegisterOnly(fs *flag.FlagSet, getenv func(string) string, envs ...string) *Loader {
 	l := &Loader{values: make([]*string, len(settings))}
 	for i, s := range settings {
+		if !slices.Contains(envs, s.env) {
+			continue
+		}
 		v := s.def
 		if e := getenv(s.env); e != "" {
 			v = e
@@ -192,6 +216,9 @@ type Loader struct{ values []*string }
 func (l *Loader) Load() (Config, error) {
 	var c Config
 	for i, s := range settings {
+		if l.values[i] == nil {
+			continue
+		}
 		if err := s.set(&c, *l.values[i]); err != nil {
 			return Config{}, fmt.Errorf("invalid -%s (%s): %w", s.flag, s.env, err)
 		}

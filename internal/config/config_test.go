@@ -34,7 +34,7 @@ func TestDefaults(t *testing.T) {
 		DockerImages: DefaultImages, ModelCacheDir: "models", ListenAddr: ":8080", LogDir: "Logs",
 		LogLevel: slog.LevelInfo, LogFormat: "text", DockerHost: "unix:///var/run/docker.sock",
 		UpstreamTimeout: 30 * time.Second, CDNStallTimeout: 30 * time.Second,
-		DeviceConfig: "/etc/azaion/device.conf",
+		DeviceConfig: "/etc/azaion/device.conf", TPMDevice: "/dev/tpmrm0", TPMTimeout: 30 * time.Second,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got %+v\nwant %+v", c, want)
@@ -79,6 +79,8 @@ func TestInvalid(t *testing.T) {
 		{"archive is a dir", nil, []string{"-images-path", dir}, "IMAGES_PATH"},
 		{"archive is a symlink loop", nil, []string{"-images-path", loop}, "IMAGES_PATH"},
 		{"archive under a file", map[string]string{"IMAGES_PATH": filepath.Join(file, "images.enc")}, nil, "IMAGES_PATH"},
+		{"empty TPM device", nil, []string{"-tpm-device", ""}, "TPM_DEVICE"},
+		{"bad TPM timeout", map[string]string{"TPM_TIMEOUT": "0s"}, nil, "TPM_TIMEOUT"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -114,5 +116,27 @@ func TestSecretsNotInUsage(t *testing.T) {
 		if !strings.Contains(out.String(), name) {
 			t.Errorf("usage does not name %s", name)
 		}
+	}
+}
+
+func TestRegisterOnly(t *testing.T) {
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	// An invalid value of a setting not asked for is neither registered nor checked.
+	l := RegisterOnly(fs, func(k string) string {
+		return map[string]string{"TPM_TIMEOUT": "2s", "LISTEN_ADDR": "nonsense"}[k]
+	}, "TPM_DEVICE", "TPM_TIMEOUT")
+	if err := fs.Parse([]string{"-tpm-device", "unix:///x/sock"}); err != nil {
+		t.Fatal(err)
+	}
+	if fs.Lookup("listen-addr") != nil {
+		t.Error("listen-addr registered")
+	}
+	c, err := l.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.TPMDevice != "unix:///x/sock" || c.TPMTimeout != 2*time.Second || c.ListenAddr != "" {
+		t.Errorf("got %+v", c)
 	}
 }

@@ -108,3 +108,23 @@ func unquote(v string) (string, error) {
 	}
 	return b.String(), nil
 }
+
+// Canonical is the identity as a device config of its two keys only, each value in double
+// quotes, which Parse reads back to the same identity. It is what gets sealed: the smallest
+// text, with no comment of the provisioning file. It holds the password: clear it after use.
+func (id Identity) Canonical() []byte {
+	var b bytes.Buffer
+	b.Grow(64 + 2*(len(id.Email)+len(id.Password))) // no regrowth leaving copies behind
+	for _, kv := range [][2]string{{KeyEmail, id.Email}, {KeyPassword, id.Password}} {
+		b.WriteString(kv[0])
+		b.WriteString("=\"")
+		for _, c := range []byte(kv[1]) {
+			if c == '"' || c == '\\' {
+				b.WriteByte('\\')
+			}
+			b.WriteByte(c)
+		}
+		b.WriteString("\"\n")
+	}
+	return b.Bytes()
+}
