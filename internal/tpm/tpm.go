@@ -71,7 +71,13 @@ func (c *Client) do(ctx context.Context, f func(t transport.TPM) error) error {
 	defer cancel()
 	raw, err := dial(ctx, c.Device)
 	if err == nil {
-		err = f(&conn{ctx: ctx, raw: raw})
+		t := &conn{ctx: ctx, raw: raw}
+		if !raw.managed() {
+			err = flushLeftovers(t)
+		}
+		if err == nil {
+			err = f(t)
+		}
 		raw.Close()
 	}
 	switch {
@@ -83,6 +89,33 @@ func (c *Client) do(ctx context.Context, f func(t transport.TPM) error) error {
 		return fmt.Errorf("%w: the TPM at %s did not answer within %s", ErrNotAnswering, c.Device, c.timeout())
 	}
 	return err
+}
+
+// flushLeftovers flushes the transient objects and sessions loaded in a TPM without a resource
+// manager (a simulator's socket). A simulator serves one connection at a time, so whatever is
+// loaded while this one is open belongs to a client that went away mid-operation, such as a
+// start that timed out while the simulator was stopped, which it then ran after waking up; left
+// there, they would fill its three object slots and make every later unseal fail.
+func flushLeftovers(t transport.TPM) error {
+	for _, first := range []tpm2.TPMHandle{0x80000000, 0x02000000, 0x03000000} { // transient objects, HMAC and policy sessions
+		rsp, err := tpm2.GetCapability{Capability: tpm2.TPMCapHandles, Property: uint32(first), PropertyCount: 64}.Execute(t)
+		if err != nil {
+			return fmt.Errorf("list loaded handles: %w", err)
+		}
+		handles, err := rsp.CapabilityData.Data.Handles()
+		if err != nil {
+			return fmt.Errorf("list loaded handles: %w", err)
+		}
+		for _, h := range handles.Handle {
+			if h>>24 != first>>24 {
+				break
+			}
+			if _, err := (tpm2.FlushContext{FlushHandle: h}).Execute(t); err != nil {
+				return fmt.Errorf("flush a leftover handle 0x%08x: %w", uint32(h), err)
+			}
+		}
+	}
+	return nil
 }
 
 // Info asks the TPM who made it and which firmware it runs.

@@ -28,6 +28,9 @@ const (
 // ctx bounds the whole exchange, whatever the other side does.
 type rawConn interface {
 	roundTrip(ctx context.Context, cmd []byte) ([]byte, error)
+	// managed: the kernel's resource manager flushes what a connection leaves loaded in the
+	// TPM when it closes. A simulator's socket has none.
+	managed() bool
 	Close() error
 }
 
@@ -36,11 +39,24 @@ type rawConn interface {
 func dial(ctx context.Context, device string) (rawConn, error) {
 	if path, ok := strings.CutPrefix(device, "unix://"); ok {
 		var d net.Dialer
-		c, err := d.DialContext(ctx, "unix", path)
-		if err != nil {
-			return nil, err
+		for {
+			c, err := d.DialContext(ctx, "unix", path)
+			if err == nil {
+				return &sockConn{c: c}, nil
+			}
+			// EAGAIN: the listen backlog is full because the simulator does not accept (it
+			// is stopped): that is not answering, so wait for it within ctx.
+			if !errors.Is(err, unix.EAGAIN) {
+				return nil, err
+			}
+			t := time.NewTimer(50 * time.Millisecond)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil, ctx.Err()
+			case <-t.C:
+			}
 		}
-		return &sockConn{c: c}, nil
 	}
 	return openDevice(device)
 }
@@ -124,6 +140,7 @@ func (s *sockConn) exchange(cmd []byte) ([]byte, error) {
 }
 
 func (s *sockConn) Close() error { return s.c.Close() }
+func (s *sockConn) managed() bool { return false }
 
 func noEOF(err error) error {
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
@@ -216,6 +233,8 @@ func (d *devConn) roundTrip(ctx context.Context, cmd []byte) ([]byte, error) {
 	}
 	return rsp[:n], nil
 }
+
+func (d *devConn) managed() bool { return true }
 
 // wait polls until the device is readable or ctx ends.
 func (d *devConn) wait(ctx context.Context) error {
