@@ -4,12 +4,14 @@
 #
 #   parts.sh docker STATEDIR start|stop|status
 #   parts.sh minio  STATEDIR start|stop|status
+#   parts.sh swtpm  STATEDIR start|stop|status
 #   parts.sh reap-stale PREFIX        stop the parts of state dirs PREFIX* whose test run is gone
 #
 # start waits until the part answers, stop waits until it is down; both are idempotent, and a
 # restart reuses the same data dir, socket and port. scripts/test.sh prepares STATEDIR (tools in
 # STATEDIR/bin, MinIO port and credentials in STATEDIR/minio/env) and exports
-# AZAION_TEST_DOCKER_CTL="parts.sh docker STATEDIR" and AZAION_TEST_MINIO_CTL="parts.sh minio STATEDIR".
+# AZAION_TEST_DOCKER_CTL="parts.sh docker STATEDIR" and AZAION_TEST_MINIO_CTL="parts.sh minio STATEDIR"
+# (and AZAION_TEST_SWTPM_CTL="parts.sh swtpm STATEDIR"; its TPM state is kept across a restart).
 set -euo pipefail
 
 START_TIMEOUT=${AZAION_PART_START_TIMEOUT:-90} # seconds
@@ -194,6 +196,65 @@ minio_stop() {
 	! probe http "$URL" || die "minio still answers on $URL after stop"
 }
 
+# ---- swtpm (a TPM 2.0 simulator, SPEC §14) -----------------------------------------------------
+
+swtpm_init() {
+	W=$STATE/swtpm
+	SOCK=$W/sock
+	mkdir -p "$W"
+}
+
+swtpm_running() { alive "$(cat "$W/run.pid" 2>/dev/null)"; }
+
+swtpm_status() {
+	swtpm_init
+	swtpm_running && probe tpm "unix://$SOCK"
+}
+
+swtpm_start() {
+	swtpm_init
+	if swtpm_running; then
+		wait_swtpm "$(cat "$W/run.pid")"
+		return
+	fi
+	# shellcheck disable=SC2046
+	stop_pids "$STOP_TIMEOUT" $(pids_under "$W")
+	rm -f "$SOCK" "$SOCK.ctrl"
+	command -v swtpm >/dev/null || die "swtpm not found (apt-get install swtpm swtpm-tools)"
+	echo "==== swtpm start $(date -u +%FT%TZ)" >>"$W/swtpm.log"
+	setsid swtpm socket --tpm2 --tpmstate "dir=$W" --server "type=unixio,path=$SOCK" \
+		--ctrl "type=unixio,path=$SOCK.ctrl" --flags not-need-init,startup-clear \
+		</dev/null >>"$W/swtpm.log" 2>&1 &
+	echo $! >"$W/run.pid"
+	wait_swtpm $!
+}
+
+wait_swtpm() {
+	local pid=$1 i
+	for ((i = 0; i < START_TIMEOUT * 4; i++)); do
+		probe tpm "unix://$SOCK" && return 0
+		if ! alive "$pid"; then
+			logtail "$W/swtpm.log"
+			die "swtpm exited while starting (log: $W/swtpm.log)"
+		fi
+		sleep 0.25
+	done
+	logtail "$W/swtpm.log"
+	die "swtpm did not answer on $SOCK within ${START_TIMEOUT}s (log: $W/swtpm.log)"
+}
+
+swtpm_stop() {
+	swtpm_init
+	local pid
+	pid=$(cat "$W/run.pid" 2>/dev/null || true)
+	# A stopped (SIGSTOP) simulator would never see the SIGTERM.
+	if alive "$pid"; then kill -CONT "$pid" 2>/dev/null || true; stop_pids "$STOP_TIMEOUT" "$pid"; fi
+	# shellcheck disable=SC2046
+	stop_pids 10 $(pids_under "$W")
+	rm -f "$W/run.pid"
+	! probe tpm "unix://$SOCK" || die "swtpm still answers on $SOCK after stop"
+}
+
 # ---- stale runs ------------------------------------------------------------------------------
 
 # unmount_under DIR: a daemon killed with -9 may leave mounts below its exec/data root.
@@ -229,7 +290,7 @@ reap-stale)
 	[[ $# -eq 2 ]] || die "usage: parts.sh reap-stale PREFIX"
 	reap_stale "$2"
 	;;
-docker | minio)
+docker | minio | swtpm)
 	[[ $# -eq 3 ]] || die "usage: parts.sh $1 STATEDIR start|stop|status"
 	STATE=$(cd "$2" && pwd) || die "no state dir $2"
 	case $3 in
@@ -237,5 +298,5 @@ docker | minio)
 	*) die "unknown action $3 (start|stop|status)" ;;
 	esac
 	;;
-*) die "usage: parts.sh docker|minio STATEDIR start|stop|status, or parts.sh reap-stale PREFIX" ;;
+*) die "usage: parts.sh docker|minio|swtpm STATEDIR start|stop|status, or parts.sh reap-stale PREFIX" ;;
 esac

@@ -2,11 +2,11 @@
 # shellcheck disable=SC2317,SC2012 # functions run through step and the traps
 # scripts/test.sh — THE test command (`make test` runs it, and so does .ci/run).
 #
-# 1. installs what is missing: Go (from the Go module proxy, only when no go is found), dockerd and
-#    openssl (apt, only when absent), MinIO and staticcheck (go install, cached in
+# 1. installs what is missing: Go (from the Go module proxy, only when no go is found), dockerd,
+#    openssl and swtpm (apt, only when absent), MinIO and staticcheck (go install, cached in
 #    ${XDG_CACHE_HOME:-$HOME/.cache}/azaion-tools);
-# 2. starts a private dockerd and MinIO under a fresh temp dir (never a system daemon) and exports
-#    the AZAION_TEST_* variables of internal/testenv;
+# 2. starts a private dockerd, MinIO and swtpm (a TPM 2.0 simulator) under a fresh temp dir (never
+#    a system daemon) and exports the AZAION_TEST_* variables of internal/testenv;
 # 3. runs gofmt, go vet, staticcheck, go test -race, a short fuzz run and the cross-compiles;
 # 4. stops everything it started, also on failure or Ctrl-C, and exits non-zero if any step failed.
 #
@@ -67,13 +67,14 @@ cleanup() {
 	if [[ -n $STATE && -d $STATE ]]; then
 		banner "stopping the test parts"
 		if ((rc != 0)) || ((FAILED)); then
-			for log in "$STATE/docker/dockerd.log" "$STATE/minio/minio.log"; do
+			for log in "$STATE/docker/dockerd.log" "$STATE/minio/minio.log" "$STATE/swtpm/swtpm.log"; do
 				[[ -s $log ]] || continue
 				echo "---- last lines of $log"
 				tail -n 15 "$log"
 			done
 		fi
 		[[ -r $STATE/minio/env ]] && "$ROOT/scripts/parts.sh" minio "$STATE" stop
+		[[ -d $STATE/swtpm ]] && "$ROOT/scripts/parts.sh" swtpm "$STATE" stop
 		"$ROOT/scripts/parts.sh" docker "$STATE" stop
 		rm -f "$STATE/owner.pid"
 		if [[ ${AZAION_KEEP_STATE:-} == 1 ]]; then
@@ -116,6 +117,10 @@ s=$(date +%s)
 pkgs=()
 command -v dockerd >/dev/null || pkgs+=(docker.io)
 command -v openssl >/dev/null || pkgs+=(openssl)
+# swtpm: the TPM 2.0 simulator of the sealed device identity's tests (SPEC §14); swtpm-tools has
+# swtpm_setup, which Debian's swtpm package expects beside it.
+command -v swtpm >/dev/null || pkgs+=(swtpm)
+command -v swtpm_setup >/dev/null || pkgs+=(swtpm-tools)
 if ! command -v go >/dev/null && [[ ! -x /usr/local/go/bin/go && ! -x $TOOLS/go/bin/go ]]; then
 	command -v curl >/dev/null || pkgs+=(curl ca-certificates)
 	command -v unzip >/dev/null || pkgs+=(unzip)
@@ -125,9 +130,10 @@ if ((${#pkgs[@]})); then
 	as_root apt-get update -q || fatal "apt-get update failed"
 	as_root apt-get install -y -q --no-install-recommends "${pkgs[@]}" || fatal "apt-get install ${pkgs[*]} failed"
 else
-	note "dockerd and openssl present"
+	note "dockerd, openssl and swtpm present"
 fi
 command -v dockerd >/dev/null || fatal "dockerd still missing after installing docker.io"
+command -v swtpm >/dev/null || fatal "swtpm still missing after installing swtpm"
 RESULTS+=("$(printf 'ok    %-22s %4ss' "apt packages" $(($(date +%s) - s)))")
 
 banner "tools: go"
@@ -177,12 +183,12 @@ go_tool minio "$MINIO_MODULE" "$MINIO_VERSION" || fatal "installing minio failed
 RESULTS+=("$(printf 'ok    %-22s %4ss' "go tools" $(($(date +%s) - s)))")
 
 # ---- 2. parts --------------------------------------------------------------------------------
-banner "parts: dockerd, minio"
+banner "parts: dockerd, minio, swtpm"
 s=$(date +%s)
 "$ROOT/scripts/parts.sh" reap-stale "$STATE_PREFIX"
 STATE=$(mktemp -d "${STATE_PREFIX}XXXXXX") || fatal "mktemp failed"
 echo $$ >"$STATE/owner.pid"
-mkdir -p "$STATE/bin" "$STATE/minio" "$STATE/docker"
+mkdir -p "$STATE/bin" "$STATE/minio" "$STATE/docker" "$STATE/swtpm"
 go build -o "$STATE/bin/testprobe" ./internal/testenv/testprobe || fatal "building internal/testenv/testprobe failed"
 port=$("$STATE/bin/testprobe" freeport) || fatal "no free port"
 cat >"$STATE/minio/env" <<EOF
@@ -195,6 +201,8 @@ EOF
 note "dockerd $(dockerd --version 2>/dev/null | sed 's/^Docker version //') at unix://$STATE/docker/docker.sock"
 "$ROOT/scripts/parts.sh" minio "$STATE" start || fatal "minio did not start"
 note "minio at 127.0.0.1:$port (data $STATE/minio/data)"
+"$ROOT/scripts/parts.sh" swtpm "$STATE" start || fatal "swtpm did not start"
+note "$(swtpm --version 2>/dev/null | head -n1) at unix://$STATE/swtpm/sock"
 # shellcheck disable=SC1091
 source "$STATE/minio/env"
 # Every part is started: an integration test that cannot find one must fail, never skip.
@@ -205,6 +213,8 @@ export AZAION_TEST_MINIO_ENDPOINT=127.0.0.1:$MINIO_PORT
 export AZAION_TEST_MINIO_ACCESS_KEY=$MINIO_ROOT_USER
 export AZAION_TEST_MINIO_SECRET_KEY=$MINIO_ROOT_PASSWORD
 export AZAION_TEST_MINIO_CTL="$ROOT/scripts/parts.sh minio $STATE"
+export AZAION_TEST_SWTPM=$STATE/swtpm/sock
+export AZAION_TEST_SWTPM_CTL="$ROOT/scripts/parts.sh swtpm $STATE"
 export AZAION_TEST_LOCK_DIR=$STATE
 env | grep '^AZAION_TEST_' | grep -v SECRET | sed 's/^/  /'
 RESULTS+=("$(printf 'ok    %-22s %4ss' "start parts" $(($(date +%s) - s)))")

@@ -4,6 +4,7 @@
 //	testprobe freeport          print a free TCP port on 127.0.0.1
 //	testprobe docker HOST       exit 0 when the Engine API at HOST (unix:///path or tcp://h:p) answers /_ping
 //	testprobe http URL          exit 0 when GET URL answers 200
+//	testprobe tpm DEVICE        exit 0 when the TPM at DEVICE (unix:///path or a device) answers
 //
 // Each probe is a single attempt bounded by 3 s; the scripts loop.
 package main
@@ -18,6 +19,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/azaion/loader/internal/tpm"
 )
 
 func main() {
@@ -29,7 +32,7 @@ func main() {
 
 func run(args []string, stdout io.Writer) error {
 	if len(args) == 0 {
-		return fmt.Errorf("usage: testprobe freeport | docker HOST | http URL")
+		return fmt.Errorf("usage: testprobe freeport | docker HOST | http URL | tpm DEVICE")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
@@ -46,6 +49,9 @@ func run(args []string, stdout io.Writer) error {
 		return pingDocker(ctx, args[1])
 	case args[0] == "http" && len(args) == 2:
 		return get(ctx, http.DefaultClient, args[1], "")
+	case args[0] == "tpm" && len(args) == 2:
+		_, err := (&tpm.Client{Device: args[1], Timeout: 3 * time.Second}).Info(ctx)
+		return err
 	}
 	return fmt.Errorf("bad arguments %q", args)
 }
