@@ -1,4 +1,5 @@
-// Package testenv tells integration tests where the real parts are: dockerd, MinIO and openssl.
+// Package testenv tells integration tests where the real parts are: dockerd, MinIO, swtpm and
+// openssl.
 //
 // scripts/test.sh installs and starts the parts and exports their addresses. A test that needs a
 // part it cannot find is skipped on a developer's machine, and fails when CI=true: a CI run must
@@ -99,6 +100,12 @@ func StopDocker(t testing.TB) { t.Helper(); control(t, EnvDockerCtl, "dockerd") 
 
 // StartDocker starts the test dockerd again after StopDocker, waiting until it answers.
 func StartDocker(t testing.TB) { t.Helper(); ctl(t, EnvDockerCtl, "start") }
+
+// StopSWTPM stops the shared TPM simulator and registers a cleanup that starts it again.
+func StopSWTPM(t testing.TB) { t.Helper(); control(t, EnvSWTPMCtl, "swtpm") }
+
+// StartSWTPM starts the shared TPM simulator again after StopSWTPM, waiting until it answers.
+func StartSWTPM(t testing.TB) { t.Helper(); ctl(t, EnvSWTPMCtl, "start") }
 
 func control(t testing.TB, env, what string) {
 	t.Helper()

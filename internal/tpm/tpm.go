@@ -85,7 +85,7 @@ func (c *Client) do(ctx context.Context, f func(t transport.TPM) error) error {
 		return nil
 	case parent.Err() != nil:
 		return parent.Err()
-	case ctx.Err() != nil:
+	case ctx.Err() != nil, errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("%w: the TPM at %s did not answer within %s", ErrNotAnswering, c.Device, c.timeout())
 	}
 	return err

@@ -114,8 +114,14 @@ func (s *sockConn) roundTrip(ctx context.Context, cmd []byte) ([]byte, error) {
 	stop := context.AfterFunc(ctx, func() { s.c.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	rsp, err := s.exchange(cmd)
-	if err != nil && ctx.Err() != nil {
-		return nil, ctx.Err()
+	if err != nil {
+		// The socket's deadline is ctx's: it may expire a moment before ctx says so.
+		if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
+			return nil, context.DeadlineExceeded
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 	}
 	return rsp, err
 }
