@@ -192,6 +192,9 @@ func runDeviceInfo(ctx context.Context, args []string, getenv func(string) strin
 	c := &tpm.Client{Device: cfg.TPMDevice, Timeout: cfg.TPMTimeout}
 	var b bytes.Buffer
 	info, tpmErr := c.Info(ctx)
+	if errors.Is(tpmErr, context.DeadlineExceeded) {
+		tpmErr = fmt.Errorf("%w: the TPM at %s did not answer within %s", tpm.ErrNotAnswering, cfg.TPMDevice, cfg.TPMTimeout)
+	}
 	if tpmErr != nil {
 		fmt.Fprintf(&b, "TPM %s: does not answer: %v\n", cfg.TPMDevice, tpmErr)
 	} else {

@@ -16,7 +16,9 @@ import (
 // plain one.
 const SealedHeader = "AZAION-SEALED-DEVICE-CONFIG v1"
 
-const sealedComment = "# A device identity sealed to one TPM (azaion-loader device seal); only that TPM can open it."
+// sealedComment is for a person who opens the file. It names no product: what is fixed in the
+// file must not look like an account's email.
+const sealedComment = "# A device identity sealed to one TPM: only that TPM opens it. Reseal from the provisioning record."
 
 // The SRK templates a sealed file may name: the TCG "Provisioning Guidance" storage root keys.
 const (
