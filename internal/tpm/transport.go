@@ -145,7 +145,7 @@ func (s *sockConn) exchange(cmd []byte) ([]byte, error) {
 	return rsp, nil
 }
 
-func (s *sockConn) Close() error { return s.c.Close() }
+func (s *sockConn) Close() error  { return s.c.Close() }
 func (s *sockConn) managed() bool { return false }
 
 func noEOF(err error) error {
