@@ -245,7 +245,7 @@ func slicesChunk(data []byte, n int) func(func([]byte) bool) {
 // under, device.ErrSealedDamaged when this TPM refuses the file's objects, device.ErrPCRsChanged
 // when the PCR policy fails, and ErrNotAnswering when the TPM does not answer in time.
 func (c *Client) Unseal(ctx context.Context, s device.Sealed) ([]byte, error) {
-	var plain []byte
+	plain := make([]byte, 0, len(s.Objects)*maxChunk) // never regrown: no stray copy of the plaintext
 	err := c.do(ctx, func(t transport.TPM) error {
 		srk, err := createSRK(t, s.SRK)
 		if err != nil {
@@ -263,6 +263,11 @@ func (c *Client) Unseal(ctx context.Context, s device.Sealed) ([]byte, error) {
 				}
 				clear(plain)
 				return err
+			}
+			if len(plain)+len(part) > cap(plain) {
+				clear(part)
+				clear(plain)
+				return fmt.Errorf("%w: a sealed object holds more than %d bytes", device.ErrSealedDamaged, maxChunk)
 			}
 			plain = append(plain, part...)
 			clear(part)
