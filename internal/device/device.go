@@ -5,6 +5,11 @@
 // The file holds a password, so it is treated as ssh treats a private key: a file that group or
 // others may read or write, or that belongs to another user, is refused, and so is a file with a
 // missing or unknown key. Errors name the file, the line and the key, never a value.
+//
+// The file may instead be sealed to the device's TPM (SPEC §12, sealed.go): it then holds only
+// objects the TPM wrapped, is told apart by its first line, and is opened through an Unsealer
+// (internal/tpm) given in Options. One that cannot be opened (another TPM, damaged, PCRs that
+// changed) is an *Error like a bad plain file; a TPM that does not answer is a plain error.
 package device
 
 import (
@@ -75,7 +80,8 @@ type Unsealer interface {
 
 // Load reads the device identity from path. A file that does not exist is no identity: nil and
 // no error. A file that exists but cannot be used is an *Error. ctx bounds the work of reading
-// it (a sealed file is unsealed by a device that may hang).
+// it (a sealed file is unsealed by a TPM that may hang). The file's content, and a sealed
+// file's plaintext, are cleared from memory once parsed.
 func Load(ctx context.Context, path string, opts Options) (*Identity, error) {
 	data, err := read(path, opts)
 	if data == nil || err != nil {
