@@ -56,6 +56,11 @@ type Config struct {
 	// TPMTimeout bounds everything asked of the TPM: a TPM that does not answer in time fails
 	// the start (exit code 1, so the service manager tries again).
 	TPMTimeout time.Duration
+	// RetryMaxDelay caps the backoff between the unattended work's attempts (SPEC §10).
+	RetryMaxDelay time.Duration
+	// DockerTimeout bounds each Docker call, and the time an image load may go without
+	// progress (SPEC §10).
+	DockerTimeout time.Duration
 }
 
 // setting is one row of the configuration table: a flag, its environment variable and default.
@@ -160,6 +165,8 @@ var settings = []setting{
 		return nil
 	}},
 	{"tpm-timeout", "TPM_TIMEOUT", "30s", "limit on everything asked of the TPM at start (a TPM that does not answer: exit code 1)", false, duration(func(c *Config) *time.Duration { return &c.TPMTimeout })},
+	{"retry-max-delay", "RETRY_MAX_DELAY", "5m", "longest wait between two attempts of the unattended login and unlock (exponential backoff with jitter, from about 1s)", false, duration(func(c *Config) *time.Duration { return &c.RetryMaxDelay })},
+	{"docker-timeout", "DOCKER_TIMEOUT", "60s", "limit on each Docker call, and on the time an image load may go without progress", false, duration(func(c *Config) *time.Duration { return &c.DockerTimeout })},
 }
 
 // Names lists the environment variables the configuration reads, in table order.

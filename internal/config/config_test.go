@@ -35,6 +35,7 @@ func TestDefaults(t *testing.T) {
 		LogLevel: slog.LevelInfo, LogFormat: "text", DockerHost: "unix:///var/run/docker.sock",
 		UpstreamTimeout: 30 * time.Second, CDNStallTimeout: 30 * time.Second,
 		DeviceConfig: "/etc/azaion/device.conf", TPMDevice: "/dev/tpmrm0", TPMTimeout: 30 * time.Second,
+		RetryMaxDelay: 5 * time.Minute, DockerTimeout: 60 * time.Second,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got %+v\nwant %+v", c, want)
@@ -75,6 +76,8 @@ func TestInvalid(t *testing.T) {
 		{"bad format", nil, []string{"-log-format", "xml"}, "LOG_FORMAT"},
 		{"bad url", map[string]string{"RESOURCE_API_URL": "ftp://x"}, nil, "RESOURCE_API_URL"},
 		{"bad timeout", map[string]string{"UPSTREAM_TIMEOUT": "soon"}, nil, "UPSTREAM_TIMEOUT"},
+		{"zero retry cap", map[string]string{"RETRY_MAX_DELAY": "0s"}, nil, "RETRY_MAX_DELAY"},
+		{"bad docker timeout", nil, []string{"-docker-timeout", "-1s"}, "DOCKER_TIMEOUT"},
 		{"no images", nil, []string{"-docker-images", " , "}, "DOCKER_IMAGES"},
 		{"archive is a dir", nil, []string{"-images-path", dir}, "IMAGES_PATH"},
 		{"archive is a symlink loop", nil, []string{"-images-path", loop}, "IMAGES_PATH"},
