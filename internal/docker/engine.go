@@ -10,32 +10,63 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/client"
 )
 
+// DefaultTimeout bounds each call to the daemon, and the time an image load may go without
+// progress, unless New is given WithTimeout (SPEC §10: DOCKER_TIMEOUT).
+const DefaultTimeout = 60 * time.Second
+
 // Engine is a client of one Docker daemon. It negotiates the Engine API version with the daemon
 // on first use (Debian's dockerd 20.10 speaks 1.41). It is safe for concurrent use.
+//
+// No call waits on the daemon for ever: a daemon that accepts connections but does not answer
+// (hung, or stopped with SIGSTOP) fails each call after the timeout with an error matching
+// ErrNotAnswering (and ErrUnreachable), "docker daemon HOST not answering within 60s".
 type Engine struct {
-	cli  *client.Client
-	host string
+	cli     *client.Client
+	host    string
+	timeout time.Duration
+}
+
+// Option configures an Engine.
+type Option func(*Engine)
+
+// WithTimeout sets the limit on each call and on the time an image load may go without
+// progress; a value that is not positive keeps DefaultTimeout.
+func WithTimeout(d time.Duration) Option {
+	return func(e *Engine) {
+		if d > 0 {
+			e.timeout = d
+		}
+	}
 }
 
 // New returns an Engine for the daemon at host, e.g. "unix:///var/run/docker.sock". An empty
 // host means DOCKER_HOST from the environment, or the platform default when that is unset.
 // New does not connect; use Ping to find out whether the daemon answers.
-func New(host string) (*Engine, error) {
-	opts := []client.Opt{client.FromEnv}
+func New(host string, opts ...Option) (*Engine, error) {
+	copts := []client.Opt{client.FromEnv}
 	if host != "" {
-		opts = append(opts, client.WithHost(host))
+		copts = append(copts, client.WithHost(host))
 	}
-	cli, err := client.New(opts...)
+	cli, err := client.New(copts...)
 	if err != nil {
 		return nil, fmt.Errorf("docker client for %q: %w", host, err)
 	}
-	return &Engine{cli: cli, host: cli.DaemonHost()}, nil
+	e := &Engine{cli: cli, host: cli.DaemonHost(), timeout: DefaultTimeout}
+	for _, o := range opts {
+		o(e)
+	}
+	return e, nil
 }
+
+// Timeout is the limit on each call (see WithTimeout).
+func (e *Engine) Timeout() time.Duration { return e.timeout }
 
 // Host is the daemon address the Engine talks to.
 func (e *Engine) Host() string { return e.host }
@@ -46,8 +77,10 @@ func (e *Engine) Close() error { return e.cli.Close() }
 // Ping checks that the daemon answers. A daemon that cannot be reached gives an error wrapping
 // ErrUnreachable that names the host.
 func (e *Engine) Ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeoutCause(ctx, e.timeout, errNoAnswer)
+	defer cancel()
 	if _, err := e.cli.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true}); err != nil {
-		return e.wrap("ping docker", err)
+		return e.wrap(ctx, "ping", err)
 	}
 	return nil
 }
@@ -55,6 +88,8 @@ func (e *Engine) Ping(ctx context.Context) error {
 // ImageExists reports whether the daemon holds the image ref ("repo:tag"). An image the daemon
 // does not know is false with a nil error; a daemon that cannot be reached is ErrUnreachable.
 func (e *Engine) ImageExists(ctx context.Context, ref string) (bool, error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, e.timeout, errNoAnswer)
+	defer cancel()
 	_, err := e.cli.ImageInspect(ctx, ref)
 	switch {
 	case err == nil:
@@ -62,7 +97,7 @@ func (e *Engine) ImageExists(ctx context.Context, ref string) (bool, error) {
 	case cerrdefs.IsNotFound(err):
 		return false, nil
 	default:
-		return false, e.wrap("inspect image "+ref, err)
+		return false, e.wrap(ctx, "inspect image "+ref, err)
 	}
 }
 
@@ -75,25 +110,37 @@ func (e *Engine) ImageExists(ctx context.Context, ref string) (bool, error) {
 // (wrapped), not what the daemon made of the cut-off archive. A daemon that cannot be reached, or
 // that drops the connection, gives an error wrapping ErrUnreachable.
 //
+// A load of a big archive takes minutes, so it has no overall deadline: it fails when the
+// daemon makes no progress for the Engine's timeout, that is when it neither reads a byte of r
+// nor sends a message (the daemon reports its progress per layer; LoadImages asks for it for
+// that reason, and ignores it otherwise).
+//
 // LoadImages does not read r after it returns. (The HTTP transport may still be inside a call to
 // r.Read when the daemon has answered; LoadImages waits for that call to return, so r must not
 // block forever.)
 func (e *Engine) LoadImages(ctx context.Context, r io.Reader) (err error) {
-	src := &guardedReader{r: r}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	wd := newWatchdog(e.timeout, func() { cancel(errNoAnswer) })
+	defer wd.stop()
+	src := &guardedReader{r: r, progress: wd.progress}
 	defer func() {
 		if srcErr := src.close(); srcErr != nil {
 			err = fmt.Errorf("read image archive: %w", srcErr)
 		}
 	}()
 
-	res, err := e.cli.ImageLoad(ctx, src, client.ImageLoadWithQuiet(true))
+	res, err := e.cli.ImageLoad(ctx, src, client.ImageLoadWithQuiet(false))
 	if err != nil {
-		return e.wrap("load images", err)
+		return e.wrap(ctx, "load images", err)
 	}
 	defer res.Close()
 
-	rejected, err := readMessages(res)
+	rejected, err := readMessages(&progressReader{r: res, progress: wd.progress})
 	if err != nil {
+		if context.Cause(ctx) == errNoAnswer {
+			return e.notAnswering("load images")
+		}
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return fmt.Errorf("load images: %w", ctxErr)
 		}
@@ -105,7 +152,7 @@ func (e *Engine) LoadImages(ctx context.Context, r io.Reader) (err error) {
 		return fmt.Errorf("%w at %s: connection lost while loading images: %v", ErrUnreachable, e.host, err)
 	}
 	if rejected != "" {
-		return fmt.Errorf("docker rejected the image archive: %s", rejected)
+		return fmt.Errorf("%w: %s", ErrRejected, rejected)
 	}
 	return nil
 }
@@ -141,9 +188,13 @@ func readMessages(r io.Reader) (rejected string, err error) {
 	}
 }
 
-// wrap turns a failed connection into ErrUnreachable naming the host, and prefixes anything else
-// with what was being done.
-func (e *Engine) wrap(op string, err error) error {
+// wrap turns a call that ran out of time into ErrNotAnswering and a failed connection into
+// ErrUnreachable, both naming the host, and prefixes anything else with what was being done.
+// ctx is the call's context, made with errNoAnswer as the cause of its deadline.
+func (e *Engine) wrap(ctx context.Context, op string, err error) error {
+	if context.Cause(ctx) == errNoAnswer {
+		return e.notAnswering(op)
+	}
 	if !client.IsErrConnectionFailed(err) {
 		return fmt.Errorf("%s: %w", op, err)
 	}
@@ -177,13 +228,96 @@ func (m *message) errorText() string {
 // errLoadFinished is what the HTTP transport reads once LoadImages has returned.
 var errLoadFinished = errors.New("image load finished")
 
-// guardedReader hands r to the HTTP transport for the duration of one LoadImages call only, and
-// remembers the first error r returned.
+// errNoAnswer is the cause of a context the Engine's timeout ended.
+var errNoAnswer = errors.New("no answer within the timeout")
+
+// notAnswering is the error of a call the daemon did not answer in time.
+func (e *Engine) notAnswering(op string) error {
+	return &notAnsweringError{host: e.host, timeout: e.timeout, op: op}
+}
+
+// notAnsweringError says which daemon did not answer, and within how long.
+type notAnsweringError struct {
+	host    string
+	timeout time.Duration
+	op      string
+}
+
+func (e *notAnsweringError) Error() string {
+	return fmt.Sprintf("docker daemon %s not answering within %s (%s)", e.host, seconds(e.timeout), e.op)
+}
+
+func (e *notAnsweringError) Is(target error) bool {
+	return target == ErrNotAnswering || target == ErrUnreachable
+}
+
+// seconds writes whole seconds as "60s" rather than Duration's "1m0s".
+func seconds(d time.Duration) string {
+	if d >= time.Second && d%time.Second == 0 {
+		return fmt.Sprintf("%ds", d/time.Second)
+	}
+	return d.String()
+}
+
+// watchdog calls fire once no progress has been reported for timeout. progress is cheap and
+// safe from any goroutine; only the timer's own function re-arms it.
+type watchdog struct {
+	timeout time.Duration
+	fire    func()
+	last    atomic.Int64 // UnixNano of the last progress
+	done    atomic.Bool
+	t       *time.Timer
+}
+
+func newWatchdog(timeout time.Duration, fire func()) *watchdog {
+	w := &watchdog{timeout: timeout, fire: fire}
+	w.progress()
+	w.t = time.AfterFunc(timeout, w.check)
+	return w
+}
+
+func (w *watchdog) progress() { w.last.Store(time.Now().UnixNano()) }
+
+func (w *watchdog) check() {
+	if w.done.Load() {
+		return
+	}
+	idle := time.Since(time.Unix(0, w.last.Load()))
+	if idle >= w.timeout {
+		w.fire()
+		return
+	}
+	w.t.Reset(w.timeout - idle)
+}
+
+func (w *watchdog) stop() {
+	w.done.Store(true)
+	w.t.Stop()
+}
+
+// progressReader reports every read that returned bytes.
+type progressReader struct {
+	r        io.Reader
+	progress func()
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if n > 0 {
+		p.progress()
+	}
+	return n, err
+}
+
+// guardedReader hands r to the HTTP transport for the duration of one LoadImages call only,
+// remembers the first error r returned, and reports every read that returned bytes (the daemon
+// took them) as progress.
 type guardedReader struct {
-	mu     sync.Mutex
-	r      io.Reader
-	err    error // first error from r other than io.EOF
-	closed bool
+	mu       sync.Mutex
+	r        io.Reader
+	progress func()
+	err      error // first error from r other than io.EOF
+	closed   bool
 }
 
 func (g *guardedReader) Read(p []byte) (int, error) {
@@ -193,6 +327,9 @@ func (g *guardedReader) Read(p []byte) (int, error) {
 		return 0, errLoadFinished
 	}
 	n, err := g.r.Read(p)
+	if n > 0 && g.progress != nil {
+		g.progress()
+	}
 	if err != nil && err != io.EOF && g.err == nil {
 		g.err = err
 	}
