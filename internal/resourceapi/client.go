@@ -8,6 +8,7 @@ package resourceapi
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -107,8 +108,20 @@ type Client struct {
 	obs           Observer
 
 	mu     sync.Mutex
-	sess   *session // nil until a Login succeeds; replaced, never modified
-	flight *renewal // the re-login in progress, if any
+	sess   *session     // nil until a Login succeeds; replaced, never modified
+	flight *renewal     // the re-login in progress, if any
+	logins *loginFlight // the login (Login or re-login) talking to the API, if any
+}
+
+// loginFlight is the one login in flight. The real API locks an account after repeated failed
+// logins (SPEC §10), so the client never has two at once: Logins with the same credentials
+// share one, any other login waits for it to end. The exchange it waits on is bounded by the
+// connect and header timeouts.
+type loginFlight struct {
+	email, password string // empty for a re-login, which nobody joins
+	done            chan struct{}
+	err             error // set before done is closed
+	abandoned       bool  // its caller gave up: the result says nothing about the credentials
 }
 
 // session is one logged-in state. It is immutable once published, so a caller can keep using
@@ -197,10 +210,28 @@ func orDefault(d, def time.Duration) time.Duration {
 // cdn.yaml to this user or device; ErrUnavailable if it is unreachable or answers something
 // unusable (including a token that is not a valid JWT, or with
 // Options.VerifyKey one that does not verify).
+//
+// Concurrent Logins never reach the API together: a Login with the credentials of one already
+// in flight waits for it and shares its result (one refused password is one refusal upstream,
+// not one per caller); any other waits until no login is in flight.
 func (c *Client) Login(ctx context.Context, email, password string) error {
 	if email == "" || password == "" {
 		return fmt.Errorf("login: %w: empty email or password", ErrUnauthorized)
 	}
+	f, joined, err := c.enterLogin(ctx, email, password)
+	if err != nil {
+		return fmt.Errorf("login: %w", err)
+	}
+	if joined {
+		return f.err
+	}
+	err = c.logIn(ctx, email, password)
+	c.leaveLogin(f, err, ctx.Err() != nil)
+	return err
+}
+
+// logIn is one login: the token, then cdn.yaml; the session is switched only when both succeed.
+func (c *Client) logIn(ctx context.Context, email, password string) error {
 	s, err := c.authenticate(ctx, email, password)
 	if err != nil {
 		return fmt.Errorf("login: %w", err)
@@ -215,6 +246,44 @@ func (c *Client) Login(ctx context.Context, email, password string) error {
 	c.mu.Unlock()
 	c.log.Info("logged in to the resource API", "email", s.user.Email, "role", s.user.Role.String())
 	return nil
+}
+
+// enterLogin waits until no login is in flight and registers one, which the caller ends with
+// leaveLogin. When a Login with the same credentials (email not empty) is in flight, it waits
+// for that one instead and returns it, ended, with joined set. A flight whose caller gave up is
+// never shared: the waiter then tries itself.
+func (c *Client) enterLogin(ctx context.Context, email, password string) (f *loginFlight, joined bool, err error) {
+	for {
+		c.mu.Lock()
+		cur := c.logins
+		if cur == nil {
+			f = &loginFlight{email: email, password: password, done: make(chan struct{})}
+			c.logins = f
+			c.mu.Unlock()
+			return f, false, nil
+		}
+		c.mu.Unlock()
+		select {
+		case <-cur.done:
+		case <-ctx.Done():
+			return nil, false, fmt.Errorf("%w: waiting for another login: %w", ErrUnavailable, ctx.Err())
+		}
+		if email != "" && !cur.abandoned && cur.email == email &&
+			subtle.ConstantTimeCompare([]byte(cur.password), []byte(password)) == 1 {
+			return cur, true, nil
+		}
+	}
+}
+
+// leaveLogin ends the flight f with err and lets the next login go.
+func (c *Client) leaveLogin(f *loginFlight, err error, abandoned bool) {
+	c.mu.Lock()
+	f.err, f.abandoned = err, abandoned
+	if c.logins == f {
+		c.logins = nil
+	}
+	c.mu.Unlock()
+	close(f.done)
 }
 
 // Session returns the logged-in user; ok is false before the first successful Login.
@@ -363,16 +432,26 @@ func (c *Client) renew(ctx context.Context, stale *session, reason string) (*ses
 func (c *Client) runRenewal(ctx context.Context, f *renewal, reason string) {
 	ctx, cancel := context.WithTimeout(ctx, c.renewTimeout)
 	defer cancel()
-	c.log.Info("logging in to the resource API again", "email", f.stale.email, "reason", reason)
-	c.obs.Relogin()
-	fresh, err := c.authenticate(ctx, f.stale.email, f.stale.password)
+	var fresh *session
+	lf, _, err := c.enterLogin(ctx, "", "")
+	if err == nil {
+		c.mu.Lock()
+		replaced := c.sess != f.stale // by the Login this one waited for: nothing to renew
+		c.mu.Unlock()
+		if !replaced {
+			c.log.Info("logging in to the resource API again", "email", f.stale.email, "reason", reason)
+			c.obs.Relogin()
+			fresh, err = c.authenticate(ctx, f.stale.email, f.stale.password)
+		}
+		c.leaveLogin(lf, err, false)
+	}
 	if err != nil {
 		err = fmt.Errorf("log in again: %w", err)
 		c.log.Warn("logging in to the resource API again failed", "email", f.stale.email, "err", err)
 	}
 	c.mu.Lock()
 	// A Login with other credentials may have replaced the session meanwhile; it wins.
-	if err == nil && c.sess == f.stale {
+	if err == nil && fresh != nil && c.sess == f.stale {
 		c.sess = f.stale.withToken(fresh)
 	}
 	if c.flight == f {

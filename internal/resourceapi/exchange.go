@@ -51,6 +51,8 @@ type answer struct {
 	status      int
 	contentType string
 	body        []byte
+	retryAfter  time.Duration // from a Retry-After header of a 429 or 503 answer
+	hasRetry    bool
 }
 
 // endpointOf names the API endpoint of a request for metrics, without its variable parts.
@@ -118,6 +120,9 @@ func (c *Client) exchange(ctx context.Context, s *session, r *request) (answer, 
 	c.obs.UpstreamCall(endpointOf(r.method, r.path), outcome)
 
 	a := answer{status: resp.StatusCode, contentType: resp.Header.Get("Content-Type")}
+	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+		a.retryAfter, a.hasRetry = parseRetryAfter(resp.Header.Get("Retry-After"), c.now())
+	}
 	ok := resp.StatusCode/100 == 2
 	limit := r.limit
 	if !ok {
@@ -202,13 +207,64 @@ func (d *detachable) detach() {
 }
 
 // err turns a failed answer into sentinel wrapped with the status and, if the API gave one, its
-// reason (with every secret blanked out, in case the server echoed the request).
+// reason (with every secret blanked out, in case the server echoed the request). An answer that
+// asked to be retried later becomes a *RetryAfterError.
 func (a answer) err(sentinel error, secrets []string) error {
 	status := fmt.Sprintf("%d %s", a.status, http.StatusText(a.status))
+	var err error
 	if d := detail(a.contentType, a.body, secrets); d != "" {
-		return fmt.Errorf("%w (%s: %s)", sentinel, status, d)
+		err = fmt.Errorf("%w (%s: %s)", sentinel, status, d)
+	} else {
+		err = fmt.Errorf("%w (%s)", sentinel, status)
 	}
-	return fmt.Errorf("%w (%s)", sentinel, status)
+	if a.hasRetry {
+		return &RetryAfterError{After: a.retryAfter, err: err}
+	}
+	return err
+}
+
+// RetryAfterError is an answer of the API that asked the caller to come back later: a 429 Too
+// Many Requests (or a 503) with a Retry-After header. It wraps the call's error (ErrUnavailable).
+type RetryAfterError struct {
+	After time.Duration // how long the API asked to wait; 0 for a date already past
+	err   error
+}
+
+func (e *RetryAfterError) Error() string {
+	return fmt.Sprintf("%v; the API asks to retry after %s", e.err, e.After)
+}
+
+func (e *RetryAfterError) Unwrap() error { return e.err }
+
+// maxRetryAfter bounds what a Retry-After header can make anyone wait: a value past it is a
+// broken header, not a plan.
+const maxRetryAfter = 24 * time.Hour
+
+// parseRetryAfter reads a Retry-After header (RFC 9110 §10.2.3): delay-seconds or an HTTP date,
+// counted from now. ok is false for an absent or unreadable header.
+func parseRetryAfter(v string, now time.Time) (d time.Duration, ok bool) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, false
+	}
+	if v[0] >= '0' && v[0] <= '9' {
+		secs, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			if ne, isNum := err.(*strconv.NumError); isNum && ne.Err == strconv.ErrRange {
+				return maxRetryAfter, true
+			}
+			return 0, false
+		}
+		if secs > uint64(maxRetryAfter/time.Second) {
+			return maxRetryAfter, true
+		}
+		return time.Duration(secs) * time.Second, true
+	}
+	t, err := http.ParseTime(v)
+	if err != nil {
+		return 0, false
+	}
+	return min(max(t.Sub(now), 0), maxRetryAfter), true
 }
 
 // detail extracts a short human reason from a failed answer: a plain-text body, or the
