@@ -100,6 +100,12 @@ type fakeImages struct {
 	existsErr error
 	loadErr   error
 
+	// failOnce is the error of the first ImageExists call only; onFail is called once it has
+	// been returned. When existsGate is set, ImageExists waits for it (or ctx) first.
+	failOnce   error
+	onFail     func()
+	existsGate chan struct{}
+
 	// When pauseAt > 0, LoadImages signals paused after reading pauseAt bytes and waits for
 	// resume; when atEnd is set, it signals it after reading everything and waits for finish.
 	pauseAt       int
@@ -114,11 +120,25 @@ type fakeImages struct {
 }
 
 func (f *fakeImages) ImageExists(ctx context.Context, ref string) (bool, error) {
+	if f.existsGate != nil {
+		select {
+		case <-f.existsGate:
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+	}
 	if f.existsErr != nil {
 		return false, f.existsErr
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.failOnce; err != nil {
+		f.failOnce = nil
+		if f.onFail != nil {
+			defer f.onFail()
+		}
+		return false, err
+	}
 	return f.present[ref], nil
 }
 

@@ -14,22 +14,23 @@
 //	error            the workflow failed; Status.Error says why
 //
 // No decrypted byte is written to disk: the plaintext exists only in the stream to Docker.
+//
+// No lock is held across a call to Docker or the Resource API (SPEC §10). A run begins with the
+// check of the images already loaded, in the background like the rest of it; Start waits for
+// that check only up to Config.AnswerWithin, so a hung daemon cannot hold up POST /unlock, and
+// Status never waits at all.
 package unlock
 
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/azaion/loader/internal/docker"
 	"github.com/azaion/loader/internal/security"
 )
 
@@ -40,11 +41,14 @@ type Upstream interface {
 }
 
 // Images is what the workflow needs of the Docker daemon. LoadImages must not read r after it
-// returns.
+// returns. Both must return in bounded time (docker.Engine has a timeout on each call).
 type Images interface {
 	LoadImages(ctx context.Context, r io.Reader) error
 	ImageExists(ctx context.Context, ref string) (bool, error)
 }
+
+// DefaultAnswerWithin is Config.AnswerWithin's default.
+const DefaultAnswerWithin = time.Second
 
 // Config says which archive to unlock and which images it must yield.
 type Config struct {
@@ -54,6 +58,10 @@ type Config struct {
 	Logger      *slog.Logger
 	// Observer is told how each run ended, for metrics; nil means none.
 	Observer Observer
+	// AnswerWithin bounds how long Start waits for Docker to say whether the images are
+	// already loaded; 0 means DefaultAnswerWithin. Past it, Start answers StateAuthenticating
+	// and the run goes on (and ends in error if Docker does not answer within its own timeout).
+	AnswerWithin time.Duration
 }
 
 // Observer is told about finished workflow runs.
@@ -70,6 +78,8 @@ var (
 	ErrRunning = errors.New("an unlock is already running")
 	// ErrClosed: the Unlocker has been closed.
 	ErrClosed = errors.New("unlocker closed")
+	// ErrImagesMissing: the archive loaded, but an image it should hold is not in Docker.
+	ErrImagesMissing = errors.New("missing after load")
 )
 
 // Unlocker runs at most one unlock workflow at a time and keeps its state for Status. It is safe
@@ -84,23 +94,49 @@ type Unlocker struct {
 	// newDecrypter is security.NewDecrypter; tests replace it to cut the stream.
 	newDecrypter func(r io.Reader, key []byte) io.Reader
 
-	// base is the parent of every background run; Close cancels it.
+	// base is the parent of every run; Close cancels it.
 	base     context.Context
 	stopBase context.CancelFunc
-
-	// startSem serialises Start and Run up to the moment a run is under way, so that concurrent
-	// callers see it and do not start a second one.
-	startSem chan struct{}
 
 	bytesDone  atomic.Int64
 	bytesTotal atomic.Int64
 
-	mu     sync.Mutex
-	state  State
-	reason string        // set with StateError
-	done   chan struct{} // closed when the current run ends; nil when none runs
-	began  time.Time     // when the current run began
-	closed bool
+	mu      sync.Mutex
+	state   State
+	reason  string        // set with StateError
+	cur     *run          // the run under way; nil when none
+	changed chan struct{} // closed and replaced when a run begins or ends
+	closed  bool
+}
+
+// credentials are what a run logs in with; nil means the session the Upstream already holds.
+type credentials struct{ email, password string }
+
+// verdict is what the check of the loaded images decided for a run.
+type verdict int
+
+const (
+	checking  verdict = iota
+	loaded            // every image is there: ready, nothing else to do
+	noArchive         // images missing and no archive: ErrArchiveNotFound, state unchanged
+	failed            // the check itself failed (Docker unreachable): error
+	proceed           // images missing, archive there: the workflow runs
+)
+
+// run is one workflow, from the check of the loaded images to its outcome.
+type run struct {
+	creds  *credentials
+	cancel context.CancelFunc
+
+	checked  chan struct{} // closed once verdict is set
+	verdict  verdict
+	checkErr error
+
+	shown bool      // the run is what Status shows (from StateAuthenticating on); under mu
+	began time.Time // when it was shown
+
+	done chan struct{} // closed once the outcome is recorded
+	err  error         // the outcome, as Run returns it
 }
 
 // New returns an Unlocker in StateIdle. It starts nothing.
@@ -110,6 +146,9 @@ func New(cfg Config, up Upstream, img Images) *Unlocker {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.AnswerWithin <= 0 {
+		cfg.AnswerWithin = DefaultAnswerWithin
 	}
 	refs := make([]string, len(cfg.Images))
 	for i, repo := range cfg.Images {
@@ -125,12 +164,12 @@ func New(cfg Config, up Upstream, img Images) *Unlocker {
 		newDecrypter: security.NewDecrypter,
 		base:         base,
 		stopBase:     stop,
-		startSem:     make(chan struct{}, 1),
 		state:        StateIdle,
+		changed:      make(chan struct{}),
 	}
 }
 
-// Status is a snapshot of the current state and progress.
+// Status is a snapshot of the current state and progress. It never waits on a run.
 func (u *Unlocker) Status() Status {
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -142,48 +181,81 @@ func (u *Unlocker) Status() Status {
 	}
 }
 
-// Start is POST /unlock. When every image is already loaded it answers StateReady at once,
-// without calling upstream. When a workflow is running it answers that workflow's state and
-// starts no other. When the archive is missing and the images are not loaded it returns
-// ErrArchiveNotFound. Otherwise it starts the workflow in the background, owned by the Unlocker
-// and not by ctx, which bounds only the checks Start itself makes, and answers
-// StateAuthenticating. The credentials go to that run only and are not kept after it.
+// Changed returns a channel that is closed when a run next begins or ends.
+func (u *Unlocker) Changed() <-chan struct{} {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.changed
+}
+
+// HasArchive reports whether the encrypted archive is there.
+func (u *Unlocker) HasArchive() bool {
+	fi, err := os.Stat(u.cfg.ArchivePath)
+	return err == nil && fi.Mode().IsRegular()
+}
+
+// Start is POST /unlock. When a run is under way it answers that run's state at once and starts
+// no other. Otherwise it starts a run in the background, owned by the Unlocker and not by ctx,
+// and waits up to Config.AnswerWithin for the run's first step, the check of the images already
+// loaded, to answer:
+//   - every image is loaded: StateReady (no call upstream);
+//   - the archive is missing and the images are not loaded: ErrArchiveNotFound;
+//   - the check failed (Docker unreachable): the run has ended in StateError, and so answers;
+//   - the images are to be loaded, or Docker has not answered yet: StateAuthenticating.
 //
-// When the check of the loaded images itself fails (Docker unreachable), Start records the
-// failure as StateError, as a run would, and answers StateError.
+// The credentials go to that run only and are not kept after it. ctx bounds only the wait.
 func (u *Unlocker) Start(ctx context.Context, email, password string) (State, error) {
-	if err := u.acquire(ctx); err != nil {
-		return "", err
-	}
-	defer u.release()
-
-	if st, running, err := u.current(); err != nil || running {
-		return st, err
-	}
-	if ready, err := u.precheck(ctx); err != nil {
-		if errors.Is(err, ErrArchiveNotFound) {
-			return "", err
-		}
-		if ctx.Err() != nil {
-			return "", ctx.Err()
-		}
-		u.fail(err)
-		return StateError, nil
-	} else if ready {
-		return StateReady, nil
-	}
-
-	runCtx, cancel := context.WithCancel(u.base)
-	done, err := u.begin()
+	r, joined, err := u.begin(&credentials{email, password})
 	if err != nil {
-		cancel()
 		return "", err
 	}
-	go func() {
-		defer u.end(done)
-		defer cancel()
-		u.finish(runCtx, u.work(runCtx, email, password))
-	}()
+	if joined {
+		u.mu.Lock()
+		st, shown := u.state, r.shown
+		u.mu.Unlock()
+		if shown {
+			return st, nil
+		}
+	}
+	timer := time.NewTimer(u.cfg.AnswerWithin)
+	defer timer.Stop()
+	select {
+	case <-r.checked:
+	case <-timer.C:
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+	return u.answer(r, joined)
+}
+
+// answer is what Start says about r once its check has decided, or once Start stops waiting.
+func (u *Unlocker) answer(r *run, joined bool) (State, error) {
+	u.mu.Lock()
+	select {
+	case <-r.checked:
+	default:
+		// Docker is slow: the run goes on, and shows from now on. A check that then finds the
+		// images loaded ends it ready; any other outcome ends it in error.
+		first := u.showLocked(r)
+		u.mu.Unlock()
+		if first {
+			u.log.Info("unlock: state", "state", StateAuthenticating, "note", "docker has not answered yet")
+		}
+		return StateAuthenticating, nil
+	}
+	st := u.state
+	u.mu.Unlock()
+	switch r.verdict {
+	case loaded:
+		return StateReady, nil
+	case noArchive:
+		return "", r.checkErr
+	case failed:
+		return StateError, nil
+	}
+	if joined {
+		return st, nil
+	}
 	return StateAuthenticating, nil
 }
 
@@ -192,55 +264,50 @@ func (u *Unlocker) Start(ctx context.Context, email, password string) (State, er
 // missing and they are not, ErrRunning when a workflow is already running, and otherwise the
 // error that put the Unlocker in StateError. Cancelling ctx, or Close, interrupts it.
 func (u *Unlocker) Run(ctx context.Context, email, password string) error {
-	if err := u.acquire(ctx); err != nil {
-		return err
-	}
-	if _, running, err := u.current(); err != nil || running {
-		u.release()
-		if err != nil {
-			return err
-		}
-		return ErrRunning
-	}
-	ready, err := u.precheck(ctx)
-	switch {
-	case errors.Is(err, ErrArchiveNotFound):
-		u.release()
-		return err
-	case err != nil:
-		u.release()
-		return u.finish(ctx, err)
-	case ready:
-		u.release()
-		return nil
-	}
-	done, err := u.begin()
-	u.release()
+	r, joined, err := u.begin(&credentials{email, password})
 	if err != nil {
 		return err
 	}
-	defer u.end(done)
-
-	// Interrupted by the caller's ctx as well as by Close.
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stop := context.AfterFunc(u.base, cancel)
+	if joined {
+		return ErrRunning
+	}
+	stop := context.AfterFunc(ctx, r.cancel)
 	defer stop()
-	return u.finish(runCtx, u.work(runCtx, email, password))
+	<-r.done
+	return r.err
+}
+
+// Ensure brings the images to ready for the unattended work of SPEC §10, with the session the
+// Upstream already holds (it logs in with no credentials of its own). It returns nil when the
+// images are loaded (or already were), ErrArchiveNotFound (wrapped) when the archive is missing
+// and they are not, or the error of the run. When a run is already under way (an operator's POST
+// /unlock) it starts none: it waits for that one and reports its outcome with joined set.
+// Cancelling ctx stops the wait, not the run.
+func (u *Unlocker) Ensure(ctx context.Context) (joined bool, err error) {
+	r, joined, err := u.begin(nil)
+	if err != nil {
+		return false, err
+	}
+	select {
+	case <-r.done:
+		return joined, r.err
+	case <-ctx.Done():
+		return joined, ctx.Err()
+	}
 }
 
 // Wait waits until no workflow is running.
 func (u *Unlocker) Wait() {
 	u.mu.Lock()
-	done := u.done
+	r := u.cur
 	u.mu.Unlock()
-	if done != nil {
-		<-done
+	if r != nil {
+		<-r.done
 	}
 }
 
 // Close interrupts a running workflow, which ends in StateError "interrupted", and waits for it
-// to stop. Start and Run fail with ErrClosed afterwards.
+// to stop. Start, Run and Ensure fail with ErrClosed afterwards.
 func (u *Unlocker) Close() {
 	u.mu.Lock()
 	u.closed = true
@@ -249,103 +316,124 @@ func (u *Unlocker) Close() {
 	u.Wait()
 }
 
-func (u *Unlocker) acquire(ctx context.Context) error {
-	select {
-	case u.startSem <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (u *Unlocker) release() { <-u.startSem }
-
-// current returns the state and whether a workflow is running; ErrClosed after Close.
-func (u *Unlocker) current() (State, bool, error) {
+// begin returns the run under way (joined), or starts one with creds. It holds the lock only
+// to look and to register: the run's calls to Docker and upstream happen in its own goroutine.
+func (u *Unlocker) begin(creds *credentials) (r *run, joined bool, err error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.closed {
-		return "", false, ErrClosed
+		return nil, false, ErrClosed
 	}
-	return u.state, u.done != nil, nil
+	if u.cur != nil {
+		return u.cur, true, nil
+	}
+	ctx, cancel := context.WithCancel(u.base)
+	r = &run{creds: creds, cancel: cancel, checked: make(chan struct{}), done: make(chan struct{})}
+	u.cur = r
+	u.notifyLocked()
+	go u.execute(ctx, r) // owned by the Unlocker: Close cancels it and waits for it
+	return r, false, nil
 }
 
-// precheck answers whether every image is loaded (and then records StateReady), or else whether
-// the archive exists (ErrArchiveNotFound when it does not).
-func (u *Unlocker) precheck(ctx context.Context) (ready bool, err error) {
-	missing, err := u.missingImages(ctx)
-	if err != nil {
-		return false, err
-	}
-	if len(missing) == 0 {
-		u.mu.Lock()
-		u.state, u.reason = StateReady, ""
-		u.mu.Unlock()
-		u.log.Info("unlock: images already loaded", "state", StateReady)
-		return true, nil
-	}
-	if _, err := os.Stat(u.cfg.ArchivePath); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return false, fmt.Errorf("%w: %s", ErrArchiveNotFound, u.cfg.ArchivePath)
-		}
-		return false, fmt.Errorf("encrypted archive %s: %w", u.cfg.ArchivePath, err)
-	}
-	return false, nil
-}
-
-// begin marks a workflow as running, in StateAuthenticating with no progress yet. The caller
-// passes done to end when the workflow has ended.
-func (u *Unlocker) begin() (done chan struct{}, err error) {
+// execute is a run: the check, then the workflow if needed, then the outcome.
+func (u *Unlocker) execute(ctx context.Context, r *run) {
+	defer r.cancel()
+	ready, err := u.precheck(ctx)
 	u.mu.Lock()
-	if u.closed {
-		u.mu.Unlock()
-		return nil, ErrClosed
+	switch {
+	case err == nil && ready:
+		r.verdict = loaded
+		u.state, u.reason = StateReady, ""
+	case errors.Is(err, ErrArchiveNotFound) && !r.shown:
+		r.verdict, r.checkErr = noArchive, err
+	case err != nil:
+		// Recorded before Start hears of it, so that Status agrees with its answer.
+		err = interrupted(ctx, err)
+		r.verdict, r.checkErr = failed, err
+		u.state, u.reason = StateError, err.Error()
+	default:
+		r.verdict = proceed
 	}
-	done = make(chan struct{})
-	u.done = done
+	first := r.verdict == proceed && u.showLocked(r)
+	close(r.checked)
+	u.mu.Unlock()
+
+	switch r.verdict {
+	case loaded:
+		u.log.Info("unlock: images already loaded", "state", StateReady)
+	case proceed:
+		if first {
+			u.log.Info("unlock: state", "state", StateAuthenticating)
+		}
+		err = u.work(ctx, r.creds)
+	}
+	u.end(ctx, r, err)
+}
+
+// showLocked makes r the run Status shows, in StateAuthenticating with no progress yet, unless
+// it already is; it reports whether it was not. u.mu is held.
+func (u *Unlocker) showLocked(r *run) bool {
+	if r.shown {
+		return false
+	}
+	r.shown, r.began = true, time.Now()
 	u.state, u.reason = StateAuthenticating, ""
-	u.began = time.Now()
 	u.bytesDone.Store(0)
 	u.bytesTotal.Store(0)
-	u.mu.Unlock()
-	u.log.Info("unlock: state", "state", StateAuthenticating)
-	return done, nil
+	return true
 }
 
-// end marks the workflow begun with done as no longer running and releases its waiters.
-func (u *Unlocker) end(done chan struct{}) {
+// end records the outcome of r, and only then lets another run begin: the outcome of one run
+// can never land on the next.
+func (u *Unlocker) end(ctx context.Context, r *run, err error) {
+	err = interrupted(ctx, err)
 	u.mu.Lock()
-	u.done = nil
-	u.mu.Unlock()
-	close(done)
-}
-
-// finish records the outcome of a workflow and returns the error as the caller should see it.
-func (u *Unlocker) finish(ctx context.Context, err error) error {
-	if err != nil && ctx.Err() != nil {
-		err = ErrInterrupted
+	switch r.verdict {
+	case loaded:
+		err = nil
+	case noArchive, failed:
+		err = r.checkErr // the state is already recorded
+	default:
+		if err != nil {
+			u.state, u.reason = StateError, err.Error()
+		} else {
+			u.state, u.reason = StateReady, ""
+		}
 	}
-	outcome := string(StateReady)
+	r.err = err
+	shown, began := r.shown, r.began
+	u.cur = nil
+	u.notifyLocked()
+	u.mu.Unlock()
+	close(r.done)
+
+	if r.verdict == loaded || r.verdict == noArchive {
+		return
+	}
+	outcome := StateReady
 	if err != nil {
-		u.fail(err)
-		outcome = string(StateError)
+		outcome = StateError
+		u.log.Error("unlock: failed", "state", StateError, "reason", err.Error())
 	} else {
-		u.setState(StateReady)
+		u.log.Info("unlock: state", "state", StateReady)
 	}
-	u.mu.Lock()
-	began, running := u.began, u.done != nil // not running: a precheck failed, no run began
-	u.mu.Unlock()
-	if u.cfg.Observer != nil && running {
-		u.cfg.Observer.UnlockFinished(outcome, time.Since(began), u.bytesDone.Load())
+	if u.cfg.Observer != nil && shown {
+		u.cfg.Observer.UnlockFinished(string(outcome), time.Since(began), u.bytesDone.Load())
+	}
+}
+
+// interrupted is err, or ErrInterrupted when the run was cancelled.
+func interrupted(ctx context.Context, err error) error {
+	if err != nil && ctx.Err() != nil {
+		return ErrInterrupted
 	}
 	return err
 }
 
-func (u *Unlocker) fail(err error) {
-	u.mu.Lock()
-	u.state, u.reason = StateError, err.Error()
-	u.mu.Unlock()
-	u.log.Error("unlock: failed", "state", StateError, "reason", err.Error())
+// notifyLocked wakes whoever waits on Changed. u.mu is held.
+func (u *Unlocker) notifyLocked() {
+	close(u.changed)
+	u.changed = make(chan struct{})
 }
 
 func (u *Unlocker) setState(s State) {
@@ -366,149 +454,4 @@ func (u *Unlocker) advance(from, to State) {
 	if ok {
 		u.log.Info("unlock: state", "state", to)
 	}
-}
-
-// work is the workflow from logging in to the check after the load. The caller has set
-// StateAuthenticating.
-func (u *Unlocker) work(ctx context.Context, email, password string) error {
-	if err := u.up.Login(ctx, email, password); err != nil {
-		return fmt.Errorf("log in to the Resource API: %w", err)
-	}
-
-	u.setState(StateDownloadingKey)
-	fragment, err := u.up.KeyFragment(ctx)
-	if err != nil {
-		return fmt.Errorf("fetch the archive key fragment: %w", err)
-	}
-	key := security.ArchiveKey(fragment)
-	clear(fragment)
-	defer clear(key)
-
-	u.setState(StateDecrypting)
-	if err := u.load(ctx, key); err != nil {
-		return err
-	}
-
-	u.advance(StateDecrypting, StateLoadingImages)
-	missing, err := u.missingImages(ctx)
-	if err != nil {
-		return err
-	}
-	switch len(missing) {
-	case 0:
-		return nil
-	case 1:
-		return fmt.Errorf("image %s missing after load", missing[0])
-	default:
-		return fmt.Errorf("images %s missing after load", strings.Join(missing, ", "))
-	}
-}
-
-// load streams the decrypted archive into Docker. It checks the key on the last block first, so a
-// wrong key sends nothing to Docker.
-func (u *Unlocker) load(ctx context.Context, key []byte) error {
-	path := u.cfg.ArchivePath
-	f, err := os.Open(path)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("%w: %s", ErrArchiveNotFound, path)
-		}
-		return fmt.Errorf("open the encrypted archive: %w", err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return fmt.Errorf("open the encrypted archive: %w", err)
-	}
-	size := fi.Size()
-	u.bytesTotal.Store(size)
-
-	if _, err := security.PlaintextSize(f, size, key); err != nil {
-		return archiveError(path, err)
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-
-	counted := &countingReader{r: f, n: &u.bytesDone, atEOF: func() { u.advance(StateDecrypting, StateLoadingImages) }}
-	plain := &errReader{r: u.newDecrypter(counted, key)}
-	loadErr := u.img.LoadImages(ctx, plain)
-	// A broken archive is the reason, whatever Docker made of the cut-off stream.
-	if plain.err != nil {
-		return archiveError(path, plain.err)
-	}
-	if loadErr != nil {
-		if errors.Is(loadErr, docker.ErrUnreachable) {
-			return fmt.Errorf("%w; is dockerd running?", loadErr)
-		}
-		return fmt.Errorf("load the images into Docker: %w", loadErr)
-	}
-	// Docker may stop reading at the end of the tar: decrypt the rest too, so that the padding
-	// is checked and the progress reaches the total.
-	if _, err := io.Copy(io.Discard, plain); err != nil {
-		return archiveError(path, err)
-	}
-	return nil
-}
-
-// missingImages returns the image:tag references Docker does not hold.
-func (u *Unlocker) missingImages(ctx context.Context) ([]string, error) {
-	var missing []string
-	for _, ref := range u.refs {
-		ok, err := u.img.ImageExists(ctx, ref)
-		if err != nil {
-			if errors.Is(err, docker.ErrUnreachable) {
-				return nil, fmt.Errorf("%w; is dockerd running?", err)
-			}
-			return nil, fmt.Errorf("check image %s: %w", ref, err)
-		}
-		if !ok {
-			missing = append(missing, ref)
-		}
-	}
-	return missing, nil
-}
-
-// archiveError says what a failure to decrypt the archive means for the person who deployed it.
-func archiveError(path string, err error) error {
-	switch {
-	case errors.Is(err, security.ErrWrongKey):
-		return fmt.Errorf("the key fragment does not decrypt the archive %s (wrong key or corrupted archive): %w", path, err)
-	case errors.Is(err, security.ErrTruncated):
-		return fmt.Errorf("archive %s truncated: %w", path, err)
-	default:
-		return fmt.Errorf("read the encrypted archive %s: %w", path, err)
-	}
-}
-
-// countingReader adds the bytes read to n and calls atEOF once r is exhausted.
-type countingReader struct {
-	r     io.Reader
-	n     *atomic.Int64
-	atEOF func()
-	eof   bool
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n.Add(int64(n))
-	if err == io.EOF && !c.eof {
-		c.eof = true
-		c.atEOF()
-	}
-	return n, err
-}
-
-// errReader remembers the first error from r other than io.EOF.
-type errReader struct {
-	r   io.Reader
-	err error
-}
-
-func (e *errReader) Read(p []byte) (int, error) {
-	n, err := e.r.Read(p)
-	if err != nil && err != io.EOF && e.err == nil {
-		e.err = err
-	}
-	return n, err
 }
