@@ -258,4 +258,3 @@ func TestRetryAfter(t *testing.T) {
 		t.Fatalf("429 without Retry-After: %v, want a plain ErrUnavailable", err)
 	}
 }
-
