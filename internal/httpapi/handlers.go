@@ -9,6 +9,7 @@ import (
 
 	"github.com/azaion/loader/internal/resourceapi"
 	"github.com/azaion/loader/internal/resources"
+	"github.com/azaion/loader/internal/unattended"
 	"github.com/azaion/loader/internal/unlock"
 )
 
@@ -22,11 +23,20 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) error {
 }
 
 type statusResponse struct {
-	Status        string `json:"status"`
-	Authenticated bool   `json:"authenticated"`
-	ModelCacheDir string `json:"modelCacheDir"`
-	Email         string `json:"email,omitempty"`
-	Role          string `json:"role,omitempty"`
+	Status        string           `json:"status"`
+	Authenticated bool             `json:"authenticated"`
+	ModelCacheDir string           `json:"modelCacheDir"`
+	Email         string           `json:"email,omitempty"`
+	Role          string           `json:"role,omitempty"`
+	Unattended    unattendedStatus `json:"unattended"`
+}
+
+// unattendedStatus is the "unattended" block of GET /status (SPEC §10).
+type unattendedStatus struct {
+	State         unattended.State `json:"state"`
+	Attempts      int              `json:"attempts"`
+	NextAttemptAt *string          `json:"nextAttemptAt"` // RFC 3339, null unless waiting
+	LastError     *string          `json:"lastError"`
 }
 
 func (s *Server) status(w http.ResponseWriter, r *http.Request) error {
@@ -34,6 +44,18 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) error {
 	if sess, ok := s.auth.Session(); ok {
 		resp.Authenticated = true
 		resp.Email, resp.Role = sess.Email, sess.Role
+	}
+	resp.Unattended.State = unattended.StateOff
+	if s.unattend != nil {
+		st := s.unattend.Status()
+		resp.Unattended = unattendedStatus{State: st.State, Attempts: st.Attempts}
+		if !st.NextAttemptAt.IsZero() {
+			at := st.NextAttemptAt.UTC().Format("2006-01-02T15:04:05.000Z07:00")
+			resp.Unattended.NextAttemptAt = &at
+		}
+		if st.LastError != "" {
+			resp.Unattended.LastError = &st.LastError
+		}
 	}
 	writeJSON(w, http.StatusOK, resp)
 	return nil

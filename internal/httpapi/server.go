@@ -26,6 +26,7 @@ import (
 	"net/http"
 
 	"github.com/azaion/loader/internal/resources"
+	"github.com/azaion/loader/internal/unattended"
 	"github.com/azaion/loader/internal/unlock"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -66,6 +67,12 @@ type Unlocker interface {
 	Status() unlock.Status
 }
 
+// Unattended is the unattended work of a device identity (SPEC §10), shown by GET /status.
+type Unattended interface {
+	// Status is a snapshot; it must not wait on the work.
+	Status() unattended.Status
+}
+
 // DefaultMaxJSONBody is the largest JSON request body accepted when Config.MaxJSONBody is 0.
 const DefaultMaxJSONBody = 1 << 20
 
@@ -77,6 +84,8 @@ type Config struct {
 	Auth      Auth
 	Resources Resources
 	Unlock    Unlocker
+	// Unattended is optional: nil shows the unattended work as "off".
+	Unattended Unattended
 
 	// ModelCacheDir is shown in GET /status.
 	ModelCacheDir string
@@ -100,6 +109,7 @@ type Server struct {
 	auth      Auth
 	resources Resources
 	unlock    Unlocker
+	unattend  Unattended
 
 	modelCacheDir string
 	maxJSONBody   int64
@@ -118,6 +128,7 @@ func New(cfg Config) *Server {
 		auth:          cfg.Auth,
 		resources:     cfg.Resources,
 		unlock:        cfg.Unlock,
+		unattend:      cfg.Unattended,
 		modelCacheDir: cfg.ModelCacheDir,
 		maxJSONBody:   cfg.MaxJSONBody,
 		log:           cfg.Logger,

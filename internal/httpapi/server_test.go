@@ -109,11 +109,11 @@ func TestHealth(t *testing.T) {
 func TestStatus(t *testing.T) {
 	e := newEnv(t, nil)
 	wantJSON(t, e.do(t, "GET", "/status", "", nil), 200,
-		`{"status":"healthy","authenticated":false,"modelCacheDir":"/var/cache/models"}`)
+		`{"status":"healthy","authenticated":false,"modelCacheDir":"/var/cache/models",`+unattendedOff+`}`)
 
 	e.auth.session = &httpapi.Session{Email: "op@example.com", Role: "CompanionPC"}
 	wantJSON(t, e.do(t, "GET", "/status", "", nil), 200,
-		`{"status":"healthy","authenticated":true,"modelCacheDir":"/var/cache/models","email":"op@example.com","role":"CompanionPC"}`)
+		`{"status":"healthy","authenticated":true,"modelCacheDir":"/var/cache/models","email":"op@example.com","role":"CompanionPC",`+unattendedOff+`}`)
 }
 
 func TestLogin(t *testing.T) {

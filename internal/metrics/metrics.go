@@ -19,6 +19,7 @@ type Metrics struct {
 	relogins       prometheus.Counter
 	unlockRuns     *prometheus.CounterVec
 	unlockDuration prometheus.Histogram
+	unattended     *prometheus.CounterVec
 }
 
 // UnlockStates are the values the unlock state gauge is labelled with.
@@ -60,9 +61,13 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help:    "Duration of unlock workflow runs.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 12),
 		}),
+		unattended: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "azaion_loader_unattended_attempts_total",
+			Help: "Attempts of the unattended work (device identity), by step (login, unlock) and outcome: ok, retry (failed, will be retried) or failed (refused for good).",
+		}, []string{"step", "outcome"}),
 	}
 	reg.MustRegister(m.bytesServed, m.bytesDecrypted, m.cache, m.cdnBytes, m.upstream, m.relogins,
-		m.unlockRuns, m.unlockDuration)
+		m.unlockRuns, m.unlockDuration, m.unattended)
 	m.cache.WithLabelValues("hit")
 	m.cache.WithLabelValues("miss")
 	return m
@@ -156,5 +161,12 @@ func (m *Metrics) UnlockFinished(outcome string, d time.Duration, archiveBytes i
 		m.unlockRuns.WithLabelValues(outcome).Inc()
 		m.unlockDuration.Observe(d.Seconds())
 		m.bytesDecrypted.WithLabelValues("archive").Add(float64(archiveBytes))
+	}
+}
+
+// UnattendedAttempt counts one attempt of the unattended work.
+func (m *Metrics) UnattendedAttempt(step, outcome string) {
+	if m != nil {
+		m.unattended.WithLabelValues(step, outcome).Inc()
 	}
 }

@@ -17,6 +17,7 @@ func TestNilMetricsAreSafe(t *testing.T) {
 	m.UpstreamCall("login", "ok")
 	m.Relogin()
 	m.UnlockFinished("ready", time.Second, 1)
+	m.UnattendedAttempt("login", "retry")
 }
 
 // values gathers reg into name{label="v",...} → value.
@@ -59,6 +60,9 @@ func TestCountersAndUnlockState(t *testing.T) {
 	m.Served(100)
 	m.UpstreamCall("login", "401")
 	m.UnlockFinished("error", 2*time.Second, 64)
+	m.UnattendedAttempt("login", "retry")
+	m.UnattendedAttempt("login", "retry")
+	m.UnattendedAttempt("login", "ok")
 	state, done := "decrypting", int64(10)
 	WatchUnlock(reg, func() (string, int64, int64) { return state, done, 64 })
 
@@ -72,18 +76,20 @@ func TestCountersAndUnlockState(t *testing.T) {
 		}
 	}
 	check(map[string]float64{
-		`azaion_loader_cache_lookups_total{result="hit"}`:                    1,
-		`azaion_loader_cache_lookups_total{result="miss"}`:                   2,
-		`azaion_loader_resource_bytes_served_total`:                          100,
-		`azaion_loader_bytes_decrypted_total{what="resource"}`:               100,
-		`azaion_loader_bytes_decrypted_total{what="archive"}`:                64,
-		`azaion_loader_upstream_calls_total{endpoint="login",outcome="401"}`: 1,
-		`azaion_loader_unlock_runs_total{outcome="error"}`:                   1,
-		`azaion_loader_unlock_duration_seconds_count`:                        1,
-		`azaion_loader_unlock_state{state="decrypting"}`:                     1,
-		`azaion_loader_unlock_state{state="ready"}`:                          0,
-		`azaion_loader_unlock_archive_bytes_done`:                            10,
-		`azaion_loader_unlock_archive_bytes_total`:                           64,
+		`azaion_loader_cache_lookups_total{result="hit"}`:                       1,
+		`azaion_loader_cache_lookups_total{result="miss"}`:                      2,
+		`azaion_loader_resource_bytes_served_total`:                             100,
+		`azaion_loader_bytes_decrypted_total{what="resource"}`:                  100,
+		`azaion_loader_bytes_decrypted_total{what="archive"}`:                   64,
+		`azaion_loader_upstream_calls_total{endpoint="login",outcome="401"}`:    1,
+		`azaion_loader_unlock_runs_total{outcome="error"}`:                      1,
+		`azaion_loader_unlock_duration_seconds_count`:                           1,
+		`azaion_loader_unlock_state{state="decrypting"}`:                        1,
+		`azaion_loader_unlock_state{state="ready"}`:                             0,
+		`azaion_loader_unlock_archive_bytes_done`:                               10,
+		`azaion_loader_unlock_archive_bytes_total`:                              64,
+		`azaion_loader_unattended_attempts_total{outcome="retry",step="login"}`: 2,
+		`azaion_loader_unattended_attempts_total{outcome="ok",step="login"}`:    1,
 	})
 	state, done = "ready", 64 // read at scrape time, not at registration
 	check(map[string]float64{
