@@ -2,13 +2,15 @@
 # parts.sh — start and stop the real parts the integration tests use, each under a private state
 # directory, so it never touches a system dockerd or MinIO.
 #
-#   parts.sh docker STATEDIR start|stop|status
-#   parts.sh minio  STATEDIR start|stop|status
+#   parts.sh docker STATEDIR start|stop|status|pause|resume
+#   parts.sh minio  STATEDIR start|stop|status|pause|resume
 #   parts.sh swtpm  STATEDIR start|stop|status
 #   parts.sh reap-stale PREFIX        stop the parts of state dirs PREFIX* whose test run is gone
 #
 # start waits until the part answers, stop waits until it is down; both are idempotent, and a
-# restart reuses the same data dir, socket and port. scripts/test.sh prepares STATEDIR (tools in
+# restart reuses the same data dir, socket and port. pause stops the part's main process with
+# SIGSTOP (it keeps its socket: connections are accepted by the kernel and never answered, as a
+# hung daemon's), resume sends SIGCONT and waits until it answers again. scripts/test.sh prepares STATEDIR (tools in
 # STATEDIR/bin, MinIO port and credentials in STATEDIR/minio/env) and exports
 # AZAION_TEST_DOCKER_CTL="parts.sh docker STATEDIR" and AZAION_TEST_MINIO_CTL="parts.sh minio STATEDIR"
 # (and AZAION_TEST_SWTPM_CTL="parts.sh swtpm STATEDIR"; its TPM state is kept across a restart).
@@ -51,6 +53,7 @@ stop_pids() {
 	shift
 	(($# > 0)) || return 0
 	kill -TERM "$@" 2>/dev/null || true
+	kill -CONT "$@" 2>/dev/null || true # a paused process acts on SIGTERM only once it runs
 	for ((i = 0; i < timeout * 10; i++)); do
 		local any=
 		for pid in "$@"; do alive "$pid" && any=1; done
@@ -76,6 +79,26 @@ logtail() {
 
 probe() { "$STATE/bin/testprobe" "$@" >/dev/null 2>&1; }
 
+# pause_pid PIDFILE: SIGSTOP the process, and wait until the kernel shows it stopped.
+pause_pid() {
+	local pid i
+	pid=$(cat "$1" 2>/dev/null || true)
+	alive "$pid" || die "not running (no live pid in $1)"
+	kill -STOP "$pid"
+	for ((i = 0; i < 100; i++)); do
+		[[ $(sed -E 's/^[0-9]+ \(.*\) (.).*/\1/' "/proc/$pid/stat" 2>/dev/null) == T ]] && return 0
+		sleep 0.05
+	done
+	die "$pid did not stop"
+}
+
+# resume_pid PIDFILE: SIGCONT the process (harmless when it runs).
+resume_pid() {
+	local pid
+	pid=$(cat "$1" 2>/dev/null || true)
+	if alive "$pid"; then kill -CONT "$pid" 2>/dev/null || true; fi
+}
+
 # ---- dockerd ---------------------------------------------------------------------------------
 
 docker_init() {
@@ -93,6 +116,7 @@ docker_status() {
 
 docker_start() {
 	docker_init
+	resume_pid "$D/run.pid" # a paused daemon would never answer
 	if docker_running; then
 		wait_docker "$(cat "$D/run.pid")"
 		return
@@ -127,6 +151,7 @@ wait_docker() {
 docker_stop() {
 	docker_init
 	local pid
+	resume_pid "$D/run.pid" # SIGTERM waits on a stopped process
 	pid=$(cat "$D/run.pid" 2>/dev/null || true)
 	if alive "$pid"; then stop_pids "$STOP_TIMEOUT" "$pid"; fi
 	# dockerd stops the containerd it started; a killed one leaves it behind.
@@ -134,6 +159,18 @@ docker_stop() {
 	stop_pids 10 $(pids_under "$D")
 	rm -f "$D/run.pid"
 	! probe docker "$HOST" || die "dockerd still answers on $HOST after stop"
+}
+
+docker_pause() {
+	docker_init
+	pause_pid "$D/run.pid"
+}
+
+docker_resume() {
+	docker_init
+	resume_pid "$D/run.pid"
+	docker_running || die "dockerd is not running"
+	wait_docker "$(cat "$D/run.pid")"
 }
 
 # ---- MinIO -----------------------------------------------------------------------------------
@@ -155,6 +192,7 @@ minio_status() {
 
 minio_start() {
 	minio_init
+	resume_pid "$M/run.pid"
 	if minio_running; then
 		wait_minio "$(cat "$M/run.pid")"
 		return
@@ -188,12 +226,25 @@ wait_minio() {
 minio_stop() {
 	minio_init
 	local pid
+	resume_pid "$M/run.pid"
 	pid=$(cat "$M/run.pid" 2>/dev/null || true)
 	if alive "$pid"; then stop_pids "$STOP_TIMEOUT" "$pid"; fi
 	# shellcheck disable=SC2046
 	stop_pids 10 $(pids_under "$M")
 	rm -f "$M/run.pid"
 	! probe http "$URL" || die "minio still answers on $URL after stop"
+}
+
+minio_pause() {
+	minio_init
+	pause_pid "$M/run.pid"
+}
+
+minio_resume() {
+	minio_init
+	resume_pid "$M/run.pid"
+	minio_running || die "minio is not running"
+	wait_minio "$(cat "$M/run.pid")"
 }
 
 # ---- swtpm (a TPM 2.0 simulator, SPEC §14) -----------------------------------------------------
@@ -291,12 +342,15 @@ reap-stale)
 	reap_stale "$2"
 	;;
 docker | minio | swtpm)
-	[[ $# -eq 3 ]] || die "usage: parts.sh $1 STATEDIR start|stop|status"
+	[[ $# -eq 3 ]] || die "usage: parts.sh $1 STATEDIR start|stop|status|pause|resume"
 	STATE=$(cd "$2" && pwd) || die "no state dir $2"
 	case $3 in
-	start | stop | status) "$1_$3" ;;
-	*) die "unknown action $3 (start|stop|status)" ;;
+	start | stop | status | pause | resume)
+		declare -F "$1_$3" >/dev/null || die "$1 has no action $3"
+		"$1_$3"
+		;;
+	*) die "unknown action $3 (start|stop|status|pause|resume)" ;;
 	esac
 	;;
-*) die "usage: parts.sh docker|minio|swtpm STATEDIR start|stop|status, or parts.sh reap-stale PREFIX" ;;
+*) die "usage: parts.sh docker|minio|swtpm STATEDIR start|stop|status (docker, minio: also pause|resume), or parts.sh reap-stale PREFIX" ;;
 esac

@@ -26,6 +26,7 @@ import (
 	"github.com/azaion/loader/internal/metrics"
 	"github.com/azaion/loader/internal/resourceapi"
 	"github.com/azaion/loader/internal/resources"
+	"github.com/azaion/loader/internal/unattended"
 	"github.com/azaion/loader/internal/unlock"
 )
 
@@ -44,6 +45,8 @@ type loader struct {
 	registry  *prometheus.Registry
 	metrics   *metrics.Metrics
 	identity  *device.Identity // from DEVICE_CONFIG; nil when the device has none
+	// unattended logs in and unlocks with the identity (SPEC §10); "off" without one.
+	unattended *unattended.Runner
 }
 
 // newLoader builds the service from its configuration. rootFS is where the hardware
@@ -76,7 +79,7 @@ func newLoader(cfg config.Config, stderr io.Writer, rootFS string) (*loader, err
 	if err := l.resources.RemoveTemp(); err != nil {
 		log.Warn("could not remove leftover temp files from the model cache", "err", err)
 	}
-	l.docker, err = docker.New(cfg.DockerHost)
+	l.docker, err = docker.New(cfg.DockerHost, docker.WithTimeout(cfg.DockerTimeout))
 	if err != nil {
 		closer.Close()
 		return nil, err
@@ -88,7 +91,20 @@ func newLoader(cfg config.Config, stderr io.Writer, rootFS string) (*loader, err
 		st := l.unlock.Status()
 		return string(st.State), st.BytesDone, st.BytesTotal
 	})
+	l.setIdentity(nil)
 	return l, nil
+}
+
+// setIdentity gives the loader its device identity (nil: none) and the unattended work that
+// uses it. Call it before handler; serveHTTP starts the work.
+func (l *loader) setIdentity(id *device.Identity) {
+	l.identity = id
+	l.unattended = unattended.New(unattended.Config{
+		Identity: id,
+		Backoff:  unattended.Backoff{Max: l.cfg.RetryMaxDelay},
+		Logger:   l.log,
+		Observer: l.metrics,
+	}, sessionAuth{l.api}, l.unlock)
 }
 
 // jwtVerifyKey turns JWT_SECRET / JWT_PUBLIC_KEY into the key the Resource API client verifies
@@ -117,9 +133,10 @@ func jwtVerifyKey(cfg config.Config) (any, error) {
 
 func (l *loader) handler() http.Handler {
 	return httpapi.New(httpapi.Config{
-		Auth:          authAdapter{l.api},
+		Auth:          authAdapter{l.api, l.unattended},
 		Resources:     l.resources,
 		Unlock:        l.unlock,
+		Unattended:    l.unattended,
 		ModelCacheDir: l.cfg.ModelCacheDir,
 		APIToken:      l.cfg.APIToken,
 		Logger:        l.log,
@@ -129,16 +146,37 @@ func (l *loader) handler() http.Handler {
 }
 
 func (l *loader) Close() {
+	l.unattended.Wait()
 	l.unlock.Close()
 	l.docker.Close()
 	l.logCloser.Close()
 }
 
-// authAdapter shows the Resource API client's session the way the HTTP API reports it.
-type authAdapter struct{ c *resourceapi.Client }
+// authAdapter shows the Resource API client's session the way the HTTP API reports it, and
+// tells the unattended work about an operator's login, which takes precedence over its own.
+type authAdapter struct {
+	c *resourceapi.Client
+	u *unattended.Runner
+}
 
 func (a authAdapter) Login(ctx context.Context, email, password string) error {
+	if err := a.c.Login(ctx, email, password); err != nil {
+		return err
+	}
+	a.u.LoggedIn()
+	return nil
+}
+
+// sessionAuth is the Resource API session as the unattended work sees it.
+type sessionAuth struct{ c *resourceapi.Client }
+
+func (a sessionAuth) Login(ctx context.Context, email, password string) error {
 	return a.c.Login(ctx, email, password)
+}
+
+func (a sessionAuth) LoggedIn() bool {
+	_, ok := a.c.Session()
+	return ok
 }
 
 func (a authAdapter) Session() (httpapi.Session, bool) {
@@ -176,7 +214,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	defer l.Close()
-	l.identity = identity
+	l.setIdentity(identity)
 	if identity != nil {
 		l.log.Info("device identity loaded", "file", cfg.DeviceConfig)
 	}
@@ -195,8 +233,11 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	return serveHTTP(ctx, ln, l.handler(), l)
 }
 
-// serveHTTP serves until ctx is cancelled, then stops accepting, lets in-flight requests finish
-// within shutdownGrace and cancels a running unlock.
+// serveHTTP starts the unattended work and serves until ctx is cancelled. Then, in this order:
+// the unattended work stops at once (ctx is its context too: a waiting retry ends), in-flight
+// requests finish within shutdownGrace (an unlock they start or ask about is still there to
+// answer them), the unattended work's goroutine is waited for, and a running unlock is
+// cancelled ("error: interrupted").
 func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler, l *loader) error {
 	srv := &http.Server{
 		Handler:           h,
@@ -207,19 +248,25 @@ func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler, l *loader) 
 	l.log.Info("listening", "addr", ln.Addr().String(), "version", version, "resourceAPI", l.cfg.ResourceAPIURL)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	workCtx, stopWork := context.WithCancel(ctx)
+	defer stopWork()
+	l.unattended.Start(workCtx)
 	select {
 	case err := <-errc:
+		stopWork()
+		l.unattended.Wait()
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
 	l.log.Info("shutting down", "grace", shutdownGrace.String())
-	l.unlock.Close() // a running unlock ends as "error: interrupted"
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		srv.Close()
 		l.log.Warn("in-flight requests cut at the end of the grace period", "err", err)
 	}
+	l.unattended.Wait()
+	l.unlock.Close() // a running unlock ends as "error: interrupted"
 	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}

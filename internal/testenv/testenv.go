@@ -107,6 +107,14 @@ func StopSWTPM(t testing.TB) { t.Helper(); control(t, EnvSWTPMCtl, "swtpm") }
 // StartSWTPM starts the shared TPM simulator again after StopSWTPM, waiting until it answers.
 func StartSWTPM(t testing.TB) { t.Helper(); ctl(t, EnvSWTPMCtl, "start") }
 
+// PauseDocker stops the test dockerd with SIGSTOP: it keeps its socket, so connections are
+// accepted and never answered, as a hung daemon's are. Like StopDocker it takes the parts lock
+// exclusively and registers a cleanup that resumes the daemon.
+func PauseDocker(t testing.TB) { t.Helper(); pause(t, EnvDockerCtl, "dockerd") }
+
+// ResumeDocker sends the test dockerd SIGCONT after PauseDocker, waiting until it answers.
+func ResumeDocker(t testing.TB) { t.Helper(); ctl(t, EnvDockerCtl, "resume") }
+
 func control(t testing.TB, env, what string) {
 	t.Helper()
 	if os.Getenv(env) == "" {
@@ -117,7 +125,17 @@ func control(t testing.TB, env, what string) {
 	t.Cleanup(func() { ctl(t, env, "start") }) // runs before the lock's cleanup (LIFO)
 }
 
-// ctl runs "$env stop|start"; the script it names is idempotent and waits until the part is
+func pause(t testing.TB, env, what string) {
+	t.Helper()
+	if os.Getenv(env) == "" {
+		Missing(t, what+" control ("+env+")")
+	}
+	parts.exclusive(t)
+	ctl(t, env, "pause")
+	t.Cleanup(func() { ctl(t, env, "resume") })
+}
+
+// ctl runs "$env stop|start|pause|resume"; the script it names is idempotent and waits until the part is
 // down or answering.
 func ctl(t testing.TB, env, action string) {
 	t.Helper()

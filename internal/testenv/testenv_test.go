@@ -3,6 +3,7 @@ package testenv_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -160,6 +161,25 @@ func TestFaultDockerStopStart(t *testing.T) {
 	testenv.StartDocker(t) // idempotent
 	if _, err := pingDocker(c, 10*time.Second); err != nil {
 		t.Fatalf("ping after StartDocker: %v", err)
+	}
+}
+
+// TestFaultDockerPauseResume: a paused daemon takes connections and does not answer; resumed,
+// it answers again.
+func TestFaultDockerPauseResume(t *testing.T) {
+	c := dockerClient(t)
+	if _, err := pingDocker(c, 10*time.Second); err != nil {
+		t.Fatalf("ping dockerd: %v", err)
+	}
+	testenv.PauseDocker(t)
+	_, err := pingDocker(c, 2*time.Second)
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("ping of a paused dockerd: %v, want no answer within the deadline", err)
+	}
+	testenv.ResumeDocker(t)
+	testenv.ResumeDocker(t) // idempotent
+	if _, err := pingDocker(c, 10*time.Second); err != nil {
+		t.Fatalf("ping after ResumeDocker: %v", err)
 	}
 }
 
