@@ -43,14 +43,14 @@ func (w *watchedCtx) waited() bool {
 	}
 }
 
-var notAnswering = fmt.Errorf("%w: docker daemon unix:///run/hung.sock not answering within 1s (inspect image x)", docker.ErrNotAnswering)
+var errNotAnswering = fmt.Errorf("%w: docker daemon unix:///run/hung.sock not answering within 1s (inspect image x)", docker.ErrNotAnswering)
 
 // While Docker does not answer, Start answers within AnswerWithin, a second Start and Status
 // answer at once, and the run ends in the daemon's error once Docker gives up.
 func TestUnlockHungDocker(t *testing.T) {
 	s := newSetup(t, 10<<10)
 	s.img.existsGate = make(chan struct{})
-	s.img.existsErr = notAnswering
+	s.img.existsErr = errNotAnswering
 	u := unlock.New(unlock.Config{Images: config.DefaultImages, ArchivePath: s.path, AnswerWithin: 50 * time.Millisecond}, s.up, s.img)
 	t.Cleanup(u.Close)
 
