@@ -49,6 +49,12 @@ func scrape(t *testing.T, e *testEnv) map[string]float64 {
 	if code != http.StatusOK {
 		t.Fatalf("/metrics: %d", code)
 	}
+	return parseMetrics(t, body)
+}
+
+// parseMetrics reads Prometheus text as scrape returns it.
+func parseMetrics(t *testing.T, body []byte) map[string]float64 {
+	t.Helper()
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := parser.TextToMetricFamilies(strings.NewReader(string(body)))
 	if err != nil {

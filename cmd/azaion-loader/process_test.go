@@ -160,8 +160,16 @@ type process struct {
 // startProcess starts `azaion-loader serve` on a free loopback port with env added.
 func startProcess(t *testing.T, env ...string) *process {
 	t.Helper()
-	cmd := exec.Command(binary(t), "serve")
-	cmd.Env = append(os.Environ(), append([]string{"LISTEN_ADDR=127.0.0.1:0"}, env...)...)
+	return startServe(t, nil, env...)
+}
+
+// startServe starts `azaion-loader serve ARGS...` on a free loopback port with env added. The
+// device identity is none unless env sets DEVICE_CONFIG.
+func startServe(t *testing.T, args []string, env ...string) *process {
+	t.Helper()
+	cmd := exec.Command(binary(t), append([]string{"serve"}, args...)...)
+	defaults := []string{"LISTEN_ADDR=127.0.0.1:0", "DEVICE_CONFIG=" + filepath.Join(t.TempDir(), "no-device.conf")}
+	cmd.Env = append(os.Environ(), append(defaults, env...)...)
 	p := &process{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
 	pr, pw := io.Pipe()
 	cmd.Stderr = io.MultiWriter(p.stderr, pw)
@@ -239,7 +247,15 @@ func TestSIGTERMLetsALoadFinish(t *testing.T) {
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond) // the server is shutting down while the stream is open
+	// The rest of the stream is read only once the shutdown is under way: the loader said so,
+	// and it takes no new connection.
+	for deadline := time.Now().Add(time.Minute); !strings.Contains(p.stderr.String(), "shutting down"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("no shutdown after SIGTERM:\n%s", p.stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	waitListenerClosed(t, strings.TrimPrefix(p.url, "http://"))
 	n, err := io.Copy(h, resp.Body)
 	if err != nil || n != size-(1<<20) {
 		t.Fatalf("after SIGTERM the client got %d more bytes, err %v", n, err)
