@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -219,4 +220,47 @@ type statusRecorder struct {
 func (s *statusRecorder) WriteHeader(code int) {
 	s.status = code
 	s.ResponseWriter.WriteHeader(code)
+}
+
+// The API asks the device to come back in an hour (429, Retry-After): the work waits that long,
+// and SIGTERM ends the wait at once, the process exiting cleanly.
+func TestUnattendedRetryAfterAndSIGTERM(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	logins := 0
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		logins++
+		mu.Unlock()
+		w.Header().Set("Retry-After", "3600")
+		http.Error(w, "slow down", http.StatusTooManyRequests)
+	}))
+	t.Cleanup(api.Close)
+	conf := writeDeviceConfig(t, "AZAION_DEVICE_EMAIL="+testEmail+"\nAZAION_DEVICE_PASSWORD="+testPassword+"\n", 0o600)
+	p := startProcess(t, "DEVICE_CONFIG="+conf, "RETRY_MAX_DELAY=1s", "RESOURCE_API_URL="+api.URL,
+		"MODEL_CACHE_DIR="+t.TempDir(), "LOG_DIR="+t.TempDir())
+	st := p.pollStatus(t, "waiting", time.Minute, func(s procStatus) bool { return s.Unattended.State == "waiting" })
+	next, err := time.Parse(time.RFC3339, *st.Unattended.NextAttemptAt)
+	if err != nil || next.Before(time.Now().Add(59*time.Minute)) {
+		t.Fatalf("next attempt at %v (%v), want the hour the API asked for, past RETRY_MAX_DELAY", next, err)
+	}
+	if !strings.Contains(*st.Unattended.LastError, "429") {
+		t.Errorf("lastError %q does not name the 429", *st.Unattended.LastError)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second): // an hour's wait would not end by itself
+		t.Fatal("the loader did not exit on SIGTERM while waiting for its retry")
+	}
+	if p.err != nil || !strings.Contains(p.stderr.String(), "stopped") {
+		t.Errorf("exit after SIGTERM: %v\n%s", p.err, p.stderr.String())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if logins != 1 {
+		t.Errorf("%d logins, want 1", logins)
+	}
 }

@@ -407,14 +407,16 @@ func (u *Unlocker) end(ctx context.Context, r *run, err error) {
 	u.mu.Unlock()
 	close(r.done)
 
-	if r.verdict == loaded || r.verdict == noArchive {
+	// A check that found nothing to do is no run, unless Start already showed it as one.
+	if r.verdict == noArchive || r.verdict == loaded && !shown {
 		return
 	}
 	outcome := StateReady
-	if err != nil {
+	switch {
+	case err != nil:
 		outcome = StateError
 		u.log.Error("unlock: failed", "state", StateError, "reason", err.Error())
-	} else {
+	case r.verdict == proceed:
 		u.log.Info("unlock: state", "state", StateReady)
 	}
 	if u.cfg.Observer != nil && shown {
