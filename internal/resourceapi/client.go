@@ -226,7 +226,7 @@ func (c *Client) Login(ctx context.Context, email, password string) error {
 		return f.err
 	}
 	err = c.logIn(ctx, email, password)
-	c.leaveLogin(f, err, ctx.Err() != nil)
+	c.leaveLogin(f, err, err != nil && ctx.Err() != nil)
 	return err
 }
 
