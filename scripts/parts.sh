@@ -10,8 +10,9 @@
 # start waits until the part answers, stop waits until it is down; both are idempotent, and a
 # restart reuses the same data dir, socket and port. pause stops the part's main process with
 # SIGSTOP (it keeps its socket: connections are accepted by the kernel and never answered, as a
-# hung daemon's), resume sends SIGCONT and waits until it answers again. scripts/test.sh prepares STATEDIR (tools in
-# STATEDIR/bin, MinIO port and credentials in STATEDIR/minio/env) and exports
+# hung daemon's), resume sends SIGCONT and waits until it answers again. scripts/test.sh
+# prepares STATEDIR (tools in STATEDIR/bin, MinIO port and credentials in STATEDIR/minio/env) and
+# exports
 # AZAION_TEST_DOCKER_CTL="parts.sh docker STATEDIR" and AZAION_TEST_MINIO_CTL="parts.sh minio STATEDIR"
 # (and AZAION_TEST_SWTPM_CTL="parts.sh swtpm STATEDIR"; its TPM state is kept across a restart).
 set -euo pipefail
