@@ -20,6 +20,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport/linuxudstpm"
 
 	"github.com/azaion/loader/internal/device"
+	"github.com/azaion/loader/internal/refapi"
 	"github.com/azaion/loader/internal/testenv"
 )
 
@@ -123,7 +124,11 @@ func TestSealedIdentityStartsTheLoader(t *testing.T) {
 	if !strings.Contains(p.stderr.String(), `msg="device identity loaded" file=`+path) {
 		t.Fatalf("the loader did not log the identity:\n%s", p.stderr.String())
 	}
-	// TODO(field9): once the unattended login is on main, assert e.ref.Calls(login) == 1 here.
+	// The unsealed identity logs in by itself (SPEC §10): once, and then there is nothing to unlock.
+	st := p.pollStatus(t, "the unattended login", time.Minute, func(s procStatus) bool { return s.Unattended.State == "done" || s.Unattended.State == "failed" })
+	if st.Unattended.State != "done" || !st.Authenticated || e.ref.Calls(refapi.EndpointLogin) != 1 {
+		t.Errorf("after the start: %v with %d logins; want done, logged in once", st, e.ref.Calls(refapi.EndpointLogin))
+	}
 	p.cmd.Process.Kill()
 	<-p.done
 	e.checkNoSecrets(p.stderr.String())

@@ -244,7 +244,7 @@ func (c *Client) logIn(ctx context.Context, email, password string) error {
 	c.mu.Lock()
 	c.sess = s
 	c.mu.Unlock()
-	c.log.Info("logged in to the resource API", "email", s.user.Email, "role", s.user.Role.String())
+	c.log.Info("logged in to the resource API", "user", s.user.ID, "role", s.user.Role.String())
 	return nil
 }
 
@@ -439,7 +439,7 @@ func (c *Client) runRenewal(ctx context.Context, f *renewal, reason string) {
 		replaced := c.sess != f.stale // by the Login this one waited for: nothing to renew
 		c.mu.Unlock()
 		if !replaced {
-			c.log.Info("logging in to the resource API again", "email", f.stale.email, "reason", reason)
+			c.log.Info("logging in to the resource API again", "user", f.stale.user.ID, "reason", reason)
 			c.obs.Relogin()
 			fresh, err = c.authenticate(ctx, f.stale.email, f.stale.password)
 		}
@@ -447,7 +447,7 @@ func (c *Client) runRenewal(ctx context.Context, f *renewal, reason string) {
 	}
 	if err != nil {
 		err = fmt.Errorf("log in again: %w", err)
-		c.log.Warn("logging in to the resource API again failed", "email", f.stale.email, "err", err)
+		c.log.Warn("logging in to the resource API again failed", "user", f.stale.user.ID, "err", err)
 	}
 	c.mu.Lock()
 	// A Login with other credentials may have replaced the session meanwhile; it wins.
