@@ -112,13 +112,15 @@ func maskText(m uint32) string {
 	return "changed"
 }
 
-// waitFor waits until an event on path has been seen.
-func (w *dirWatch) waitFor(path string) {
+// waitFor waits until the event what ("created", "closed after writing", ...) on path has been
+// seen: events come in order, so every earlier one on it has been seen too.
+func (w *dirWatch) waitFor(path, what string) {
 	w.t.Helper()
+	want := path + " (" + what + ")"
 	timeout := time.After(30 * time.Second)
 	for {
 		w.mu.Lock()
-		found := slices.ContainsFunc(w.events, func(e string) bool { return len(e) > len(path) && e[:len(path)+1] == path+" " })
+		found := slices.Contains(w.events, want)
 		seen := w.seen
 		w.mu.Unlock()
 		if found {
@@ -127,7 +129,7 @@ func (w *dirWatch) waitFor(path string) {
 		select {
 		case <-seen:
 		case <-timeout:
-			w.t.Fatalf("inotify never reported %s", path)
+			w.t.Fatalf("inotify never reported %s", want)
 		}
 	}
 }

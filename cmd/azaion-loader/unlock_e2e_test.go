@@ -640,7 +640,7 @@ func TestUnlockE2ENoPlaintextOnDisk(t *testing.T) {
 			t.Fatal(err)
 		}
 		os.Remove(probe)
-		w.waitFor(probe)
+		w.waitFor(probe, "closed after writing") // its last event
 	}
 	w.take()
 

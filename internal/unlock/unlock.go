@@ -230,10 +230,19 @@ func (u *Unlocker) Start(ctx context.Context, email, password string) (State, er
 
 // answer is what Start says about r once its check has decided, or once Start stops waiting.
 func (u *Unlocker) answer(r *run, joined bool) (State, error) {
-	u.mu.Lock()
 	select {
 	case <-r.checked:
+		if r.verdict != proceed {
+			<-r.done // decided without work, and over at once: the next POST starts a new run
+		}
 	default:
+		u.mu.Lock()
+		select {
+		case <-r.checked: // decided meanwhile
+			u.mu.Unlock()
+			return u.answer(r, joined)
+		default:
+		}
 		// Docker is slow: the run goes on, and shows from now on. A check that then finds the
 		// images loaded ends it ready; any other outcome ends it in error.
 		first := u.showLocked(r)
@@ -243,8 +252,6 @@ func (u *Unlocker) answer(r *run, joined bool) (State, error) {
 		}
 		return StateAuthenticating, nil
 	}
-	st := u.state
-	u.mu.Unlock()
 	switch r.verdict {
 	case loaded:
 		return StateReady, nil
@@ -254,7 +261,7 @@ func (u *Unlocker) answer(r *run, joined bool) (State, error) {
 		return StateError, nil
 	}
 	if joined {
-		return st, nil
+		return u.Status().State, nil
 	}
 	return StateAuthenticating, nil
 }
@@ -384,16 +391,37 @@ func (u *Unlocker) showLocked(r *run) bool {
 }
 
 // end records the outcome of r, and only then lets another run begin: the outcome of one run
-// can never land on the next.
+// can never land on the next. It logs and reports the outcome first, so that nothing of the run
+// is left to happen once it is over (Run has returned, Close has waited).
 func (u *Unlocker) end(ctx context.Context, r *run, err error) {
 	err = interrupted(ctx, err)
-	u.mu.Lock()
 	switch r.verdict {
 	case loaded:
 		err = nil
 	case noArchive, failed:
 		err = r.checkErr // the state is already recorded
-	default:
+	}
+	u.mu.Lock()
+	shown, began := r.shown, r.began
+	u.mu.Unlock()
+
+	// A check that found nothing to do is no run, unless Start already showed it as one.
+	if r.verdict != noArchive && (r.verdict != loaded || shown) {
+		outcome := StateReady
+		switch {
+		case err != nil:
+			outcome = StateError
+			u.log.Error("unlock: failed", "state", StateError, "reason", err.Error())
+		case r.verdict == proceed:
+			u.log.Info("unlock: state", "state", StateReady)
+		}
+		if u.cfg.Observer != nil && shown {
+			u.cfg.Observer.UnlockFinished(string(outcome), time.Since(began), u.bytesDone.Load())
+		}
+	}
+
+	u.mu.Lock()
+	if r.verdict == proceed {
 		if err != nil {
 			u.state, u.reason = StateError, err.Error()
 		} else {
@@ -401,27 +429,10 @@ func (u *Unlocker) end(ctx context.Context, r *run, err error) {
 		}
 	}
 	r.err = err
-	shown, began := r.shown, r.began
 	u.cur = nil
 	u.notifyLocked()
 	u.mu.Unlock()
 	close(r.done)
-
-	// A check that found nothing to do is no run, unless Start already showed it as one.
-	if r.verdict == noArchive || r.verdict == loaded && !shown {
-		return
-	}
-	outcome := StateReady
-	switch {
-	case err != nil:
-		outcome = StateError
-		u.log.Error("unlock: failed", "state", StateError, "reason", err.Error())
-	case r.verdict == proceed:
-		u.log.Info("unlock: state", "state", StateReady)
-	}
-	if u.cfg.Observer != nil && shown {
-		u.cfg.Observer.UnlockFinished(string(outcome), time.Since(began), u.bytesDone.Load())
-	}
 }
 
 // interrupted is err, or ErrInterrupted when the run was cancelled.
