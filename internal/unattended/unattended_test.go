@@ -345,8 +345,8 @@ func TestNoArchive(t *testing.T) {
 // Waiting shows when the next attempt is; cancelling the context (SIGTERM) ends the wait at once.
 func TestWaitingAndShutdown(t *testing.T) {
 	auth := &fakeAuth{errs: []error{errDown}}
-	r, cancel := start(t, slow, auth, newFakeUnlocker(), nil)
 	before := time.Now()
+	r, cancel := start(t, slow, auth, newFakeUnlocker(), nil)
 	st := waitFor(t, r, "waiting", func(s unattended.Status) bool { return s.State == unattended.StateWaiting })
 	if st.Attempts != 1 || st.LastError != errDown.Error() {
 		t.Errorf("status %+v", st)
@@ -372,8 +372,8 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, cancel := start(t, quick, clientAuth{c}, newFakeUnlocker(), nil) // the backoff alone would retry at once
 	before := time.Now()
+	r, cancel := start(t, quick, clientAuth{c}, newFakeUnlocker(), nil) // the backoff alone would retry at once
 	st := waitFor(t, r, "waiting", func(s unattended.Status) bool { return s.State == unattended.StateWaiting })
 	if st.NextAttemptAt.Before(before.Add(2*time.Hour)) || st.NextAttemptAt.After(time.Now().Add(2*time.Hour)) {
 		t.Errorf("next attempt at %v, want the 2h Retry-After asked for", st.NextAttemptAt)
