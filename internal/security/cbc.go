@@ -28,16 +28,17 @@ func Encrypt(plain, key []byte) ([]byte, error) {
 // Decrypt reverses Encrypt. It returns ErrTruncated if ciphertext is not IV plus at least one
 // whole block, and ErrWrongKey if any padding byte is wrong; it never returns partial plaintext.
 func Decrypt(ciphertext, key []byte) ([]byte, error) {
-	block, err := newBlock(key)
+	kernel, err := newKernel(key, true)
 	if err != nil {
 		return nil, err
 	}
 	if err := checkLength(int64(len(ciphertext))); err != nil {
 		return nil, err
 	}
-	iv, body := ciphertext[:BlockSize], ciphertext[BlockSize:]
+	iv, body := [BlockSize]byte(ciphertext[:BlockSize]), ciphertext[BlockSize:]
 	out := make([]byte, len(body))
-	cipher.NewCBCDecrypter(block, iv).CryptBlocks(out, body)
+	dec := kernel.decrypter()
+	dec.decrypt(&iv, out, body)
 	n, ok := unpad(out[len(out)-BlockSize:])
 	if !ok {
 		clear(out)

@@ -86,3 +86,31 @@ func readFile(t testing.TB, name string) []byte {
 	}
 	return b
 }
+
+// testKernel is a CBC kernel under test, with a name for messages.
+type testKernel struct {
+	name   string
+	kernel *cbcKernel
+}
+
+// testKernels returns key's kernels that this build and CPU can run: crypto/cipher always,
+// and the assembly kernel where it is supported.
+func testKernels(t testing.TB, key []byte) []testKernel {
+	t.Helper()
+	std, err := newKernel(key, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks := []testKernel{{"crypto/cipher", std}}
+	if asmSupported {
+		asm, err := newKernel(key, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !asm.asm() {
+			t.Fatal("newKernel(key, true) on a CPU with the AES instructions is not the assembly kernel")
+		}
+		ks = append(ks, testKernel{"asm", asm})
+	}
+	return ks
+}

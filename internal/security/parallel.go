@@ -1,7 +1,6 @@
 package security
 
 import (
-	"crypto/cipher"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -10,8 +9,8 @@ import (
 // Parallel CBC decryption (SPEC §4): plaintext block i is AES-decrypt(C[i]) XOR C[i-1], with
 // no state carried from one block to the next, so a run of blocks can be cut into parts that
 // are decrypted at the same time, each with the ciphertext block before it as its IV.
-// crypto/cipher decrypts CBC one AES call at a time, so on amd64 one core reaches only about
-// 0.4x of what openssl's interleaved AES-NI code does; several cores make up some of it.
+// The kernel (kernel.go) keeps several blocks in flight on one core; the pool multiplies it
+// by the cores.
 
 // decryptChunkSize is how much ciphertext NewDecrypter reads and decrypts per step: large
 // enough to split among maxWorkers cores with every part well above minPart.
@@ -39,7 +38,7 @@ const maxPieces = 64
 // of decrypt, so nothing outlives the Read that calls it and nothing needs stopping.
 // Everything is allocated up front: a call allocates nothing.
 type cbcPool struct {
-	block   cipher.Block
+	kernel  *cbcKernel
 	minPart int // minPart but in tests, which cut small inputs into many pieces
 	wg      sync.WaitGroup
 	workers []cbcWorker
@@ -54,36 +53,23 @@ type cbcPool struct {
 
 // cbcWorker is what one goroutine of a cbcPool needs.
 type cbcWorker struct {
-	mode cipher.BlockMode
+	dec cbcDecrypter
 	// run is the body of the goroutine, made once: `go w.run()` then allocates nothing,
 	// where a fresh closure per chunk would make allocations grow with the input.
 	run func()
 }
 
-func newCBCPool(block cipher.Block, workers, minPart int) *cbcPool {
-	p := &cbcPool{block: block, minPart: max(minPart, BlockSize), workers: make([]cbcWorker, max(workers, 1))}
-	var zero [BlockSize]byte
+func newCBCPool(kernel *cbcKernel, workers, minPart int) *cbcPool {
+	p := &cbcPool{kernel: kernel, minPart: max(minPart, BlockSize), workers: make([]cbcWorker, max(workers, 1))}
 	for i := range p.workers {
 		w := &p.workers[i]
-		w.mode = cipher.NewCBCDecrypter(block, zero[:])
+		w.dec = kernel.decrypter()
 		w.run = func() {
 			defer p.wg.Done()
 			p.work(w)
 		}
 	}
 	return p
-}
-
-// ivSetter is the SetIV method that crypto/cipher's CBC modes have (crypto/tls relies on it).
-type ivSetter interface{ SetIV(iv []byte) }
-
-// setIV readies w's mode to decrypt what follows the ciphertext block iv.
-func (p *cbcPool) setIV(w *cbcWorker, iv []byte) {
-	if m, ok := w.mode.(ivSetter); ok {
-		m.SetIV(iv)
-	} else {
-		w.mode = cipher.NewCBCDecrypter(p.block, iv)
-	}
 }
 
 // work decrypts pieces until none is left.
@@ -95,8 +81,7 @@ func (p *cbcPool) work(w *cbcWorker) {
 		}
 		start := i * p.pieceLen
 		piece := p.data[start:min(start+p.pieceLen, len(p.data))]
-		p.setIV(w, p.ivs[i][:])
-		w.mode.CryptBlocks(piece, piece)
+		w.dec.decrypt(&p.ivs[i], piece, piece)
 	}
 }
 
@@ -109,10 +94,7 @@ func (p *cbcPool) decrypt(iv *[BlockSize]byte, data []byte) {
 	pieces := min(maxPieces, len(data)/p.minPart)
 	n := min(len(p.workers), pieces)
 	if n <= 1 {
-		w := &p.workers[0]
-		p.setIV(w, iv[:])
-		copy(iv[:], data[len(data)-BlockSize:])
-		w.mode.CryptBlocks(data, data)
+		p.workers[0].dec.decrypt(iv, data, data)
 		return
 	}
 	blocks := len(data) / BlockSize

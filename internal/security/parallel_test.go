@@ -2,6 +2,7 @@ package security
 
 import (
 	"bytes"
+	"crypto/aes"
 	"crypto/cipher"
 	"errors"
 	"fmt"
@@ -18,36 +19,38 @@ func TestCBCPool(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	ct := randomBytes(rng, 3<<20+5*BlockSize)
 	iv := randomBytes(rng, BlockSize)
-	block, err := newBlock(testKey)
+	block, err := aes.NewCipher(testKey)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := make([]byte, len(ct))
 	cipher.NewCBCDecrypter(block, iv).CryptBlocks(want, ct)
 
-	for _, workers := range []int{1, 2, 3, maxWorkers} {
-		for _, part := range []int{BlockSize, 3 * BlockSize, 4096, minPart} {
-			t.Run(fmt.Sprintf("%d workers, %d-byte pieces", workers, part), func(t *testing.T) {
-				p := newCBCPool(block, workers, part)
-				got := bytes.Clone(ct)
-				civ := [BlockSize]byte(iv)
-				split := false
-				for off := 0; off < len(got); {
-					n := min(len(got)-off, BlockSize*(1+rng.IntN(decryptChunkSize/BlockSize)))
-					p.decrypt(&civ, got[off:off+n])
-					off += n
-					split = split || p.pieces > 1
-				}
-				if !bytes.Equal(got, want) {
-					t.Errorf("plaintext differs from crypto/cipher's at byte %d", firstDiff(got, want))
-				}
-				if !bytes.Equal(civ[:], ct[len(ct)-BlockSize:]) {
-					t.Errorf("IV after the last call is not the last ciphertext block")
-				}
-				if workers > 1 && !split {
-					t.Errorf("no call was split into pieces")
-				}
-			})
+	for _, k := range testKernels(t, testKey) {
+		for _, workers := range []int{1, 2, 3, maxWorkers} {
+			for _, part := range []int{BlockSize, 3 * BlockSize, 4096, minPart} {
+				t.Run(fmt.Sprintf("%s, %d workers, %d-byte pieces", k.name, workers, part), func(t *testing.T) {
+					p := newCBCPool(k.kernel, workers, part)
+					got := bytes.Clone(ct)
+					civ := [BlockSize]byte(iv)
+					split := false
+					for off := 0; off < len(got); {
+						n := min(len(got)-off, BlockSize*(1+rng.IntN(decryptChunkSize/BlockSize)))
+						p.decrypt(&civ, got[off:off+n])
+						off += n
+						split = split || p.pieces > 1
+					}
+					if !bytes.Equal(got, want) {
+						t.Errorf("plaintext differs from crypto/cipher's at byte %d", firstDiff(got, want))
+					}
+					if !bytes.Equal(civ[:], ct[len(ct)-BlockSize:]) {
+						t.Errorf("IV after the last call is not the last ciphertext block")
+					}
+					if workers > 1 && !split {
+						t.Errorf("no call was split into pieces")
+					}
+				})
+			}
 		}
 	}
 }

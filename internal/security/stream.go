@@ -208,16 +208,21 @@ func NewDecrypter(r io.Reader, key []byte) io.Reader {
 
 // newDecrypter is NewDecrypter with the parallelism of cbcPool given, for tests.
 func newDecrypter(r io.Reader, key []byte, workers, minPart int) *decrypter {
-	block, err := newBlock(key)
+	return newKernelDecrypter(r, key, true, workers, minPart)
+}
+
+// newKernelDecrypter is newDecrypter with the assembly kernel allowed or not, for tests.
+func newKernelDecrypter(r io.Reader, key []byte, useAsm bool, workers, minPart int) *decrypter {
+	kernel, err := newKernel(key, useAsm)
 	if err != nil {
 		return &decrypter{err: err}
 	}
-	return &decrypter{r: r, block: block, workers: workers, minPart: minPart}
+	return &decrypter{r: r, kernel: kernel, workers: workers, minPart: minPart}
 }
 
 type decrypter struct {
 	r       io.Reader
-	block   cipher.Block
+	kernel  *cbcKernel
 	workers int             // for cbc
 	minPart int             // for cbc
 	cbc     *cbcPool        // allocated on first Read, with buf
@@ -252,7 +257,7 @@ func (d *decrypter) Read(p []byte) (int, error) {
 func (d *decrypter) fill() {
 	if d.buf == nil {
 		d.buf = make([]byte, decryptChunkSize+BlockSize)
-		d.cbc = newCBCPool(d.block, d.workers, d.minPart)
+		d.cbc = newCBCPool(d.kernel, d.workers, d.minPart)
 	}
 	d.n = copy(d.buf, d.buf[d.done:d.n])
 	d.done = 0
@@ -313,7 +318,7 @@ func (d *decrypter) finish() {
 // PlaintextSize returns the exact plaintext length of the size bytes of ciphertext in ra,
 // reading and decrypting only the last two blocks. Like Decrypt it checks every padding byte.
 func PlaintextSize(ra io.ReaderAt, size int64, key []byte) (int64, error) {
-	block, err := newBlock(key)
+	kernel, err := newKernel(key, true)
 	if err != nil {
 		return 0, err
 	}
@@ -328,8 +333,9 @@ func PlaintextSize(ra io.ReaderAt, size int64, key []byte) (int64, error) {
 		}
 		return 0, fmt.Errorf("security: read last blocks: %w", err)
 	}
-	prev, last := tail[:BlockSize], tail[BlockSize:]
-	cipher.NewCBCDecrypter(block, prev).CryptBlocks(last, last)
+	prev, last := [BlockSize]byte(tail[:BlockSize]), tail[BlockSize:]
+	dec := kernel.decrypter()
+	dec.decrypt(&prev, last, last)
 	n, ok := unpad(last)
 	clear(last)
 	if !ok {
