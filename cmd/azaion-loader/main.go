@@ -56,7 +56,7 @@ func commands() []command {
 	return []command{
 		{"serve", "run the HTTP service (the default command)", runServe},
 		{"unlock", "run the unlock workflow once, with progress, and exit", runUnlock},
-		{"archive", "make an encrypted image archive: archive encrypt --key-fragment F --in TAR --out ENC", runArchive},
+		{"archive", "the encrypted image archive: archive encrypt|decrypt|verify --key-fragment F --in IN [--out OUT]", runArchive},
 		{"device", "seal the device identity to the TPM (device seal), or tell what the device holds (device info)", runDevice},
 		{"hwinfo", "print this machine's hardware fingerprint string", runHWInfo},
 		{"healthcheck", "exit 0 if the running service answers GET /health (for container health checks)", runHealthcheck},

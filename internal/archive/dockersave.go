@@ -90,9 +90,9 @@ const (
 
 // checker runs the docker save checks over a finished walk.
 type checker struct {
-	w      *walk
-	items  []manifestItem
-	images []Image
+	w           *walk
+	items       []manifestItem
+	images      []Image
 	configs     map[string]*imageConfig // by image ID, "sha256:<hex>"
 	itemConfigs []*imageConfig          // by manifest item
 }

@@ -52,7 +52,7 @@ type walk struct {
 	metaSize int
 	buf      []byte        // for hashing
 	br       *bufio.Reader // over the current entry's data
-	ended    bool   // the end-of-archive blocks were read
+	ended    bool          // the end-of-archive blocks were read
 }
 
 // posReader counts what is read through it and, while recording, keeps a copy.
