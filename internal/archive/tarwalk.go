@@ -127,9 +127,13 @@ func (w *walk) headerError(at int64, err error) error {
 	if isTruncation(err) {
 		return fmt.Errorf("%w: the tar ends inside the header after offset %d", ErrTruncated, at)
 	}
-	if pad := int(-at & (blockSize - 1)); len(w.pr.rec) >= pad+2*blockSize && allZero(w.pr.rec[pad:pad+blockSize]) {
-		// archive/tar read a zero block, then a block that is neither zero nor a header.
-		return fmt.Errorf("%w: the tar's end-of-archive blocks (offset %d) are not all zero", ErrCorrupt, at+int64(pad))
+	if pad := int(-at & (blockSize - 1)); len(w.pr.rec) >= pad+blockSize {
+		// A block of nearly all zeros where a header should be is a damaged end-of-archive
+		// block (a header has far fewer zeros); so is a zero block followed by a bad one.
+		first := w.pr.rec[pad : pad+blockSize]
+		if bytes.Count(first, []byte{0}) > 400 || allZero(first) {
+			return fmt.Errorf("%w: the tar's end-of-archive blocks (offset %d) are not all zero", ErrCorrupt, at+int64(pad))
+		}
 	}
 	return fmt.Errorf("%w: invalid tar header after offset %d: %v", ErrCorrupt, at, err)
 }

@@ -16,6 +16,9 @@ import (
 // enough to split among maxWorkers cores with every part well above minPart.
 const decryptChunkSize = 512 << 10
 
+// firstChunkSize is the chunk a decryption starts with, until a read fills it.
+const firstChunkSize = 64 << 10
+
 // maxWorkers caps how many goroutines decrypt one chunk.
 const maxWorkers = 8
 

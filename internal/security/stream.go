@@ -201,7 +201,7 @@ func (e *encryptReader) encrypt(k int) {
 // A large read from r is decrypted by up to GOMAXPROCS goroutines at once (CBC decryption
 // has no chaining state, SPEC §4); they have all ended when the Read that started them
 // returns, so an abandoned decrypter leaves nothing running. It keeps a buffer of about
-// 512 KiB whatever the length of the data.
+// 512 KiB whatever the length of the data (64 KiB while the data is shorter).
 func NewDecrypter(r io.Reader, key []byte) io.Reader {
 	return newDecrypter(r, key, workers(), minPart)
 }
@@ -229,6 +229,7 @@ type decrypter struct {
 	iv      [BlockSize]byte // the ciphertext block before buf[0]
 	haveIV  bool
 	buf     []byte // ciphertext, decrypted in place
+	filled  bool   // a read filled buf: the stream is long enough for a full chunk
 	n       int    // bytes of buf filled
 	done    int    // buf[:done] is plaintext (out is its unread tail); buf[done:n] ciphertext
 	total   int64  // bytes read from r, for the error message
@@ -255,9 +256,16 @@ func (d *decrypter) Read(p []byte) (int, error) {
 // be the final, padded block. A large read is decrypted by several goroutines at once (see
 // cbcPool), all of which have ended when fill returns.
 func (d *decrypter) fill() {
-	if d.buf == nil {
-		d.buf = make([]byte, decryptChunkSize+BlockSize)
+	switch {
+	case d.buf == nil:
+		// A short stream (a small file, a check of a small archive) should not cost a
+		// full chunk: start small, and grow once the stream shows it is long.
+		d.buf = make([]byte, firstChunkSize+BlockSize)
 		d.cbc = newCBCPool(d.kernel, d.workers, d.minPart)
+	case d.filled && len(d.buf) < decryptChunkSize+BlockSize:
+		buf := make([]byte, decryptChunkSize+BlockSize)
+		d.n = copy(buf, d.buf[d.done:d.n])
+		d.buf, d.done = buf, 0
 	}
 	d.n = copy(d.buf, d.buf[d.done:d.n])
 	d.done = 0
@@ -265,6 +273,7 @@ func (d *decrypter) fill() {
 		m, err := d.r.Read(d.buf[d.n:])
 		d.n += m
 		d.total += int64(m)
+		d.filled = d.filled || d.n == len(d.buf)
 		if !d.haveIV && d.n >= BlockSize {
 			copy(d.iv[:], d.buf)
 			d.haveIV = true
