@@ -3,11 +3,12 @@
 # scripts/test.sh — THE test command (`make test` runs it, and so does .ci/run).
 #
 # 1. installs what is missing: Go (from the Go module proxy, only when no go is found), dockerd,
-#    openssl and swtpm (apt, only when absent), MinIO and staticcheck (go install, cached in
-#    ${XDG_CACHE_HOME:-$HOME/.cache}/azaion-tools);
+#    openssl, swtpm and qemu-user-static (apt, only when absent), MinIO and staticcheck (go
+#    install, cached in ${XDG_CACHE_HOME:-$HOME/.cache}/azaion-tools);
 # 2. starts a private dockerd, MinIO and swtpm (a TPM 2.0 simulator) under a fresh temp dir (never
 #    a system daemon) and exports the AZAION_TEST_* variables of internal/testenv;
-# 3. runs gofmt, go vet, staticcheck, go test -race, a short fuzz run and the cross-compiles;
+# 3. runs gofmt, go vet, staticcheck, go test -race, the security package for arm64 under qemu and
+#    with -tags purego, a short fuzz run and the cross-compiles;
 # 4. stops everything it started, also on failure or Ctrl-C, and exits non-zero if any step failed.
 #
 # With arguments, only `go test -race -count=1 ARGS...` runs (against the real parts), e.g.
@@ -121,6 +122,7 @@ command -v openssl >/dev/null || pkgs+=(openssl)
 # swtpm_setup, which Debian's swtpm package expects beside it.
 command -v swtpm >/dev/null || pkgs+=(swtpm)
 command -v swtpm_setup >/dev/null || pkgs+=(swtpm-tools)
+command -v qemu-aarch64-static >/dev/null || pkgs+=(qemu-user-static) # the arm64 kernel's tests
 if ! command -v go >/dev/null && [[ ! -x /usr/local/go/bin/go && ! -x $TOOLS/go/bin/go ]]; then
 	command -v curl >/dev/null || pkgs+=(curl ca-certificates)
 	command -v unzip >/dev/null || pkgs+=(unzip)
@@ -130,7 +132,7 @@ if ((${#pkgs[@]})); then
 	as_root apt-get update -q || fatal "apt-get update failed"
 	as_root apt-get install -y -q --no-install-recommends "${pkgs[@]}" || fatal "apt-get install ${pkgs[*]} failed"
 else
-	note "dockerd, openssl and swtpm present"
+	note "dockerd, openssl, swtpm and qemu-aarch64-static present"
 fi
 command -v dockerd >/dev/null || fatal "dockerd still missing after installing docker.io"
 command -v swtpm >/dev/null || fatal "swtpm still missing after installing swtpm"
@@ -243,10 +245,20 @@ run_go_test() {
 
 run_fuzz() {
 	# go test -fuzz on a package without the target passes with "no fuzz tests": check the list first.
-	local list
-	list=$(go test -list '^FuzzDecrypt$' ./internal/security) || { echo "$list"; return 1; }
-	grep -qx FuzzDecrypt <<<"$list" || { echo "internal/security has no FuzzDecrypt fuzz target"; return 1; }
-	go test -run '^$' -fuzz '^FuzzDecrypt$' -fuzztime "${AZAION_FUZZTIME:-10s}" ./internal/security
+	local list target
+	list=$(go test -list '^Fuzz' ./internal/security) || { echo "$list"; return 1; }
+	for target in FuzzDecrypt FuzzCBCKernel; do
+		grep -qx "$target" <<<"$list" || { echo "internal/security has no $target fuzz target"; return 1; }
+		note "$target"
+		go test -run '^$' -fuzz "^$target\$" -fuzztime "${AZAION_FUZZTIME:-10s}" ./internal/security || return 1
+	done
+}
+
+# The arm64 assembly kernel, run by qemu: AZAION_TEST_ARM64_AES=1 makes a silent fall back to
+# crypto/cipher fail (qemu's default CPU has the AES instructions).
+run_arm64() {
+	command -v qemu-aarch64-static >/dev/null || { echo "qemu-aarch64-static is missing (apt-get install qemu-user-static)"; return 1; }
+	GOARCH=arm64 AZAION_TEST_ARM64_AES=1 go test -count=1 -exec qemu-aarch64-static ./internal/security/
 }
 
 cross_build() {
@@ -270,6 +282,8 @@ step "gofmt" check_gofmt
 step "go vet" go vet ./...
 step "staticcheck" staticcheck ./...
 step "go test -race" run_go_test ./...
-step "fuzz FuzzDecrypt" run_fuzz
+step "go test arm64 (qemu)" run_arm64
+step "go test -tags purego" go test -count=1 -tags purego ./internal/security/
+step "fuzz" run_fuzz
 step "cross-compile" cross_build
 exit "$FAILED"
