@@ -289,6 +289,18 @@ func TestKernelRandom(t *testing.T) {
 				t.Fatalf("%s, %d bytes: the IV passed on is not the last ciphertext block", tk.name, n)
 			}
 		}
+		// The exported BlockMode, in two calls: the second continues where the first ended.
+		mode, err := NewCBCDecrypter(key, iv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, n)
+		half := n / 2 / BlockSize * BlockSize
+		mode.CryptBlocks(got[:half], ct[:half])
+		mode.CryptBlocks(got[half:], ct[half:])
+		if !bytes.Equal(got, plain) || mode.BlockSize() != BlockSize {
+			t.Fatalf("NewCBCDecrypter, %d bytes in two calls: plaintext differs at byte %d", n, firstDiff(got, plain))
+		}
 	}
 }
 
