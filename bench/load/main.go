@@ -20,8 +20,9 @@
 // SHA-256 (-sink sha256, the default, checked each time) or discards it (-sink discard).
 //
 // It prints the best and median MiB/s (of plaintext) of both, their ratio, the child's RSS just
-// after it started listening and its VmHWM after the loads, and exits 1 when the largest size's
-// VmHWM exceeds the smallest's by more than -max-rss-growth.
+// after it started listening and its VmHWM after the loads, the same rates counted in CPU time
+// (the loader process's, from /proc/<pid>/stat, and openssl's), and exits 1 when the largest
+// size's VmHWM exceeds the smallest's by more than -max-rss-growth.
 package main
 
 import (
@@ -74,8 +75,9 @@ func main() {
 type result struct {
 	size                 int64
 	loader, openssl      []time.Duration
-	startRSS, startHWM   int64 // bytes, just after the child listened
-	peakHWM, maxrssAfter int64 // bytes: VmHWM after the loads; getrusage maxrss after exit
+	loaderCPU, sslCPU    []time.Duration // CPU time of the loader process and of openssl per run
+	startRSS, startHWM   int64           // bytes, just after the child listened
+	peakHWM, maxrssAfter int64           // bytes: VmHWM after the loads; getrusage maxrss after exit
 }
 
 func run() error {
@@ -183,6 +185,16 @@ func run() error {
 		fmt.Printf("%-10s  %10.1f %10.1f  %10.1f %10.1f  %12.2f  %12s %12s  %10s\n", bytesize.Format(r.size),
 			mib(r.size, lb), mib(r.size, lm), mib(r.size, ob), mib(r.size, om), mib(r.size, lb)/mib(r.size, ob),
 			bytesize.Format(r.startRSS), bytesize.Format(r.startHWM), bytesize.Format(r.peakHWM))
+	}
+	// CPU time per byte is steadier than wall time on a shared machine: cycles are what the
+	// loader takes from the other programs of a device.
+	fmt.Printf("\n%-10s  %21s  %21s  %12s\n", "", "loader CPU MiB/s", "openssl CPU MiB/s", "ratio")
+	fmt.Printf("%-10s  %10s %10s  %10s %10s  %12s\n", "size", "best", "median", "best", "median", "median/median")
+	for _, r := range results {
+		lb, lm := bestMedian(r.loaderCPU)
+		ob, om := bestMedian(r.sslCPU)
+		fmt.Printf("%-10s  %10.1f %10.1f  %10.1f %10.1f  %12.2f\n", bytesize.Format(r.size),
+			mib(r.size, lb), mib(r.size, lm), mib(r.size, ob), mib(r.size, om), mib(r.size, lm)/mib(r.size, om))
 	}
 	fmt.Printf("\nload average after the run: %s\n", loadAvg())
 	if len(results) < 2 {
@@ -306,7 +318,7 @@ func measure(bin, openssl, refURL, cacheDir, dir, encPath, name string, size int
 		return res, fmt.Errorf("login: %d %s", resp.StatusCode, body)
 	}
 
-	load := func(check bool) (time.Duration, error) {
+	loadOnce := func(check bool) (time.Duration, error) {
 		var w io.Writer = io.Discard
 		var h hash.Hash
 		if check {
@@ -341,14 +353,20 @@ func measure(bin, openssl, refURL, cacheDir, dir, encPath, name string, size int
 		return res, err
 	}
 	keyHex := hex.EncodeToString(key)
-	decrypt := func() (time.Duration, error) {
+	// load times one /load and counts the loader process's CPU time for it.
+	load := func(check bool) (time.Duration, time.Duration, error) {
+		cpu0 := procCPU(pid)
+		d, err := loadOnce(check)
+		return d, procCPU(pid) - cpu0, err
+	}
+	decrypt := func() (time.Duration, time.Duration, error) {
 		f, err := os.Open(encPath)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		defer f.Close()
 		if _, err := f.Seek(security.BlockSize, io.SeekStart); err != nil { // past the IV: openssl reads the fd from here
-			return 0, err
+			return 0, 0, err
 		}
 		c := exec.Command(openssl, "enc", "-d", "-aes-256-cbc", "-K", keyHex, "-iv", ivHex, "-out", os.DevNull)
 		c.Stdin = f
@@ -356,28 +374,30 @@ func measure(bin, openssl, refURL, cacheDir, dir, encPath, name string, size int
 		c.Stderr = &errBuf
 		t0 := time.Now()
 		if err := c.Run(); err != nil {
-			return 0, fmt.Errorf("openssl enc -d: %v %s", err, errBuf.String())
+			return 0, 0, fmt.Errorf("openssl enc -d: %v %s", err, errBuf.String())
 		}
-		return time.Since(t0), nil
+		d := time.Since(t0)
+		ru := c.ProcessState.SysUsage().(*syscall.Rusage)
+		return d, time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
 	}
 
 	// Warm-up: checked, untimed; it also pulls the big part into the page cache.
-	if _, err := load(true); err != nil {
+	if _, _, err := load(true); err != nil {
 		return res, fmt.Errorf("warm-up: %w", err)
 	}
-	if _, err := decrypt(); err != nil {
+	if _, _, err := decrypt(); err != nil {
 		return res, fmt.Errorf("warm-up: %w", err)
 	}
 	for range runs {
-		d, err := load(hashEach)
+		d, cpu, err := load(hashEach)
 		if err != nil {
 			return res, err
 		}
-		res.loader = append(res.loader, d)
-		if d, err = decrypt(); err != nil {
+		res.loader, res.loaderCPU = append(res.loader, d), append(res.loaderCPU, cpu)
+		if d, cpu, err = decrypt(); err != nil {
 			return res, err
 		}
-		res.openssl = append(res.openssl, d)
+		res.openssl, res.sslCPU = append(res.openssl, d), append(res.sslCPU, cpu)
 	}
 	res.peakHWM = procStatus(pid, "VmHWM")
 	if res.peakHWM < 0 {
@@ -392,6 +412,23 @@ func measure(bin, openssl, refURL, cacheDir, dir, encPath, name string, size int
 		res.maxrssAfter = -1
 	}
 	return res, nil
+}
+
+// procCPU is the CPU time (user and system) process pid has used so far, from
+// /proc/<pid>/stat in clock ticks (100 per second on Linux); 0 if it cannot be read.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name may hold spaces; the fields after its closing parenthesis do not.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * (time.Second / 100)
 }
 
 // procStatus reads a "kB" field of /proc/<pid>/status, in bytes; -1 when it is not there.
