@@ -261,7 +261,11 @@ func prepare(ref *refapi.Server, key []byte, cacheDir, dir, name string, size in
 	if err := ref.PutResource(benchFolder, name+".small", bytes.NewReader(small)); err != nil {
 		return "", sum, err
 	}
-	cache := resources.New(nil, resources.Options{CacheDir: cacheDir})
+	cache, err := resources.New(nil, resources.Options{CacheDir: cacheDir})
+	if err != nil {
+		return "", sum, err
+	}
+	defer cache.Close()
 	if err := cache.Preload(benchFolder, name, small, io.NewSectionReader(f, n, clen-n)); err != nil {
 		return "", sum, err
 	}

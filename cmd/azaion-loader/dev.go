@@ -101,7 +101,11 @@ func (d *devEnvironment) seed(ctx context.Context, l *loader) error {
 	if err := api.Login(ctx, devEmail, devPassword); err != nil {
 		return fmt.Errorf("demo login: %w", err)
 	}
-	svc := resources.New(api, resources.Options{CacheDir: l.cfg.ModelCacheDir, Logger: l.log})
+	svc, err := resources.New(api, resources.Options{CacheDir: l.cfg.ModelCacheDir, Logger: l.log})
+	if err != nil {
+		return err
+	}
+	defer svc.Close()
 	if err := svc.Upload(ctx, devFolder, devModel, bytes.NewReader(demoModel())); err != nil {
 		return fmt.Errorf("demo model: %w", err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/azaion/loader/internal/cache"
 	"github.com/azaion/loader/internal/cdn"
 	"github.com/azaion/loader/internal/config"
 	"github.com/azaion/loader/internal/device"
@@ -67,18 +68,22 @@ func newLoader(cfg config.Config, stderr io.Writer, rootFS string) (*loader, err
 	}
 	l.api, err = resourceapi.New(cfg.ResourceAPIURL, hardware.Fingerprint(rootFS), resourceapi.Options{
 		Logger: log, VerifyKey: verifyKey, Observer: l.metrics, ConnectTimeout: cfg.UpstreamTimeout, HeaderTimeout: cfg.UpstreamTimeout,
+		OnLogin: func() { l.resources.LoggedIn() }, // prefetch starts a round at each login
 	})
 	if err != nil {
 		closer.Close()
 		return nil, err
 	}
-	l.resources = resources.New(l.api, resources.Options{
-		CacheDir: cfg.ModelCacheDir, Logger: log, Observer: l.metrics,
+	l.resources, err = resources.New(l.api, resources.Options{
+		CacheDir: cfg.ModelCacheDir, CacheMax: cfg.ModelCacheMax, Logger: log, Observer: l.metrics,
+		Prefetch: cfg.Prefetch, PrefetchInterval: cfg.PrefetchInterval, RateLimit: cfg.CDNRateLimit,
 		CDNOptions: cdn.Options{StallTimeout: cfg.CDNStallTimeout, Logger: log},
 	})
-	if err := l.resources.RemoveTemp(); err != nil {
-		log.Warn("could not remove leftover temp files from the model cache", "err", err)
+	if err != nil {
+		closer.Close()
+		return nil, err
 	}
+	metrics.WatchCache(l.registry, l.cacheFigures)
 	l.docker, err = docker.New(cfg.DockerHost, docker.WithTimeout(cfg.DockerTimeout))
 	if err != nil {
 		closer.Close()
@@ -145,8 +150,31 @@ func (l *loader) handler() http.Handler {
 	})
 }
 
+// cacheFigures are GET /cache's figures for /metrics.
+func (l *loader) cacheFigures() (metrics.CacheFigures, error) {
+	st, err := l.resources.CacheStatus()
+	if err != nil {
+		return metrics.CacheFigures{}, err
+	}
+	f := metrics.CacheFigures{Bytes: st.Bytes, Max: st.Max, Parts: make(map[string]int),
+		States: []string{string(cache.StateCached), string(cache.StateDownloading), string(cache.StatePartial), string(cache.StateQueued)}}
+	for _, p := range st.Parts {
+		f.Parts[string(p.State)]++
+	}
+	return f, nil
+}
+
+// start begins what only a serving process runs: the model cache's lock and sweep, prefetch.
+func (l *loader) start() error {
+	if err := l.resources.Start(); err != nil {
+		return fmt.Errorf("model cache %s: %w", l.cfg.ModelCacheDir, err)
+	}
+	return nil
+}
+
 func (l *loader) Close() {
 	l.unattended.Wait()
+	l.resources.Close() // stops prefetch and the downloads nobody waits for any more
 	l.unlock.Close()
 	l.docker.Close()
 	l.logCloser.Close()
@@ -214,6 +242,9 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	defer l.Close()
+	if err := l.start(); err != nil {
+		return err
+	}
 	l.setIdentity(identity)
 	if identity != nil {
 		l.log.Info("device identity loaded", "file", cfg.DeviceConfig)

@@ -15,7 +15,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -38,9 +37,9 @@ const (
 	// maxBackoff caps the doubling backoff between resumes (unless Options.Backoff is larger).
 	maxBackoff = 30 * time.Second
 
-	// partSize is the multipart part size of uploads; minio-go holds one part in memory when
-	// the reader is not an io.ReaderAt. 16 MiB × 10000 parts allows objects of 156 GiB of
-	// unknown size; a known larger size gets larger parts.
+	// partSize is the multipart part size of uploads: each part streams from the
+	// io.ReaderAt, nothing is buffered. 16 MiB × 10000 parts allows objects of 156 GiB; a
+	// larger object gets larger parts.
 	partSize = 16 << 20
 	maxParts = 10000
 
@@ -205,46 +204,31 @@ func parseEndpoint(endpoint string) (host string, secure bool, err error) {
 // Endpoint returns the scheme and host the client talks to, for logs and messages.
 func (c *Client) Endpoint() string { return c.endpoint }
 
-// Stat returns the size and ETag of bucket/object.
-func (c *Client) Stat(ctx context.Context, bucket, object string) (size int64, etag string, err error) {
-	info, err := c.mc.StatObject(ctx, bucket, object, minio.StatObjectOptions{})
-	if err != nil {
-		return 0, "", c.fail(ctx, "stat", bucket, object, nil, "", err)
-	}
-	return info.Size, info.ETag, nil
+// Object is what the CDN says about an object before its bytes are read.
+type Object struct {
+	Size int64
+	ETag string
+	// SmallSHA256 is the object's x-amz-meta-small-sha256 (MetaSmallSHA256): the lowercase hex
+	// SHA-256 of the small part the big part belongs to (SPEC §5); empty when the object was
+	// stored without it (by other tools).
+	SmallSHA256 string
 }
 
-// Upload streams size bytes of r into bucket/object; size -1 means unknown, read to EOF.
-// Memory stays bounded: the object goes up in parts of at least 16 MiB, one part buffered at a
-// time (none when r is an io.ReaderAt of known size). It creates the bucket when it does not
-// exist; if the credentials may not create it, the error is ErrDenied. An interrupted upload
-// cannot be repeated from here (r is consumed): it fails and the caller decides.
-func (c *Client) Upload(ctx context.Context, bucket, object string, r io.Reader, size int64) error {
-	if size < -1 {
-		return fmt.Errorf("upload %s/%s: invalid size %d", bucket, object, size)
-	}
-	if err := c.ensureBucket(ctx, bucket); err != nil {
-		return c.fail(ctx, "upload", bucket, object, nil, "create bucket", err)
-	}
-	ps := uint64(partSize)
-	if size > partSize*maxParts {
-		ps = uint64((size + maxParts - 1) / maxParts)
-		ps = (ps + 1<<20 - 1) &^ (1<<20 - 1) // whole MiB
-	}
-	info, err := c.mc.PutObject(ctx, bucket, object, r, size, minio.PutObjectOptions{
-		ContentType: "application/octet-stream",
-		PartSize:    ps,
-	})
+// MetaSmallSHA256 is the user-metadata key (x-amz-meta-small-sha256) recording which small
+// part an uploaded big part belongs to.
+const MetaSmallSHA256 = "small-sha256"
+
+// Stat returns the size, ETag and metadata of bucket/object.
+func (c *Client) Stat(ctx context.Context, bucket, object string) (Object, error) {
+	info, err := c.mc.StatObject(ctx, bucket, object, minio.StatObjectOptions{})
 	if err != nil {
-		return c.fail(ctx, "upload", bucket, object, nil, "", err)
+		return Object{}, c.fail(ctx, "stat", bucket, object, nil, "", err)
 	}
-	if size >= 0 && info.Size != size {
-		return c.fail(ctx, "upload", bucket, object, ErrUnavailable, "",
-			fmt.Errorf("CDN stored %d bytes, sent %d", info.Size, size))
-	}
-	c.log.DebugContext(ctx, "cdn upload done", "endpoint", c.endpoint, "bucket", bucket,
-		"object", object, "bytes", info.Size)
-	return nil
+	return objectOf(info), nil
+}
+
+func objectOf(info minio.ObjectInfo) Object {
+	return Object{Size: info.Size, ETag: info.ETag, SmallSHA256: info.Metadata.Get("X-Amz-Meta-" + MetaSmallSHA256)}
 }
 
 // ensureBucket creates bucket unless it exists. When the credentials may not look the bucket

@@ -27,8 +27,34 @@ import (
 // refused), ErrUnavailable (unreachable, 5xx, resumes exhausted), the context's error when ctx
 // ends, or w's error when a write fails.
 func (c *Client) Download(ctx context.Context, bucket, object string, w io.Writer) (int64, error) {
+	return c.DownloadFrom(ctx, bucket, object, w, Resume{})
+}
+
+// Resume is where a download continues that an earlier one (possibly an earlier process)
+// left: Offset bytes of the object with ETag are already in hand.
+type Resume struct {
+	Offset int64
+	ETag   string // required when Offset > 0: the ranged request asks If-Match this ETag
+}
+
+// DownloadFrom is Download of the bytes of bucket/object from from.Offset on: w gets byte
+// from.Offset first. The first request is already ranged and carries If-Match from.ETag, so
+// an object replaced since from was written fails with ErrChanged (the caller restarts from
+// zero) rather than splicing two versions. With Offset 0, a non-empty ETag still asks for
+// that version only. It returns the bytes written to w by this call.
+func (c *Client) DownloadFrom(ctx context.Context, bucket, object string, w io.Writer, from Resume) (int64, error) {
+	if from.Offset < 0 || (from.Offset > 0 && from.ETag == "") {
+		return 0, fmt.Errorf("download %s/%s: a resume needs a non-negative offset and the ETag", bucket, object)
+	}
 	d := &download{c: c, bucket: bucket, object: object, w: w, size: -1,
-		buf: make([]byte, copyBufferSize)}
+		buf: make([]byte, copyBufferSize), written: from.Offset, start: from.Offset, etag: from.ETag, want: from.ETag}
+	n, err := c.run(ctx, d)
+	return n - from.Offset, err
+}
+
+// run makes the attempts of d; it returns the offset d reached.
+func (c *Client) run(ctx context.Context, d *download) (int64, error) {
+	bucket, object := d.bucket, d.object
 	wait := c.backoff
 	for resumes := 0; ; resumes++ {
 		before := d.written
@@ -73,9 +99,11 @@ type download struct {
 	w              io.Writer
 	buf            []byte
 
-	written int64  // bytes written to w: where the next attempt starts
+	written int64  // offset reached in the object: where the next attempt starts
+	start   int64  // the offset the download started at (Resume.Offset)
+	want    string // Resume.ETag: the version the caller asked for, if any
 	size    int64  // the object's size, -1 until the first answer
-	etag    string // the object's ETag from the first answer
+	etag    string // the object's ETag: from the first answer, or given by Resume
 }
 
 // writeError marks a failure of the destination, which no resume can help.
@@ -113,10 +141,10 @@ func (d *download) attempt(ctx context.Context) error {
 		if err := opts.SetRange(d.written, 0); err != nil {
 			return err
 		}
-		if d.etag != "" {
-			if err := opts.SetMatchETag(d.etag); err != nil {
-				return err
-			}
+	}
+	if d.etag != "" {
+		if err := opts.SetMatchETag(d.etag); err != nil {
+			return err
 		}
 	}
 	body, info, header, err := d.c.get.GetObject(actx, d.bucket, d.object, opts)
@@ -166,11 +194,15 @@ func (d *download) attempt(ctx context.Context) error {
 
 // accept checks the headers of an answer against what was asked and what earlier answers said.
 func (d *download) accept(info minio.ObjectInfo, header http.Header) error {
-	if d.written == 0 {
+	if d.written == 0 && d.start == 0 {
 		// A whole object: take its size and ETag. Nothing was written yet, so a different
-		// version than an earlier, failed, attempt announced does no harm.
+		// version than an earlier, failed, attempt announced does no harm, unless the caller
+		// named the version it wants (Resume.ETag).
 		if info.Size < 0 {
 			return fmt.Errorf("%w: no Content-Length", errBadAnswer)
+		}
+		if d.want != "" && info.ETag != d.want {
+			return fmt.Errorf("%w: ETag %q, asked for %q", ErrChanged, info.ETag, d.want)
 		}
 		d.size, d.etag = info.Size, info.ETag
 		return nil
@@ -182,6 +214,9 @@ func (d *download) accept(info minio.ObjectInfo, header http.Header) error {
 	start, total, ok := parseContentRange(header.Get("Content-Range"))
 	if !ok {
 		return fmt.Errorf("%w: asked for bytes from %d, got Content-Range %q", errBadAnswer, d.written, header.Get("Content-Range"))
+	}
+	if d.size < 0 {
+		d.size = total // a download resumed from an earlier one: the first answer tells the size
 	}
 	if total != d.size {
 		return fmt.Errorf("%w: size %d, started with %d", ErrChanged, total, d.size)

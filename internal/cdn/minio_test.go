@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -115,14 +116,14 @@ func newClient(t *testing.T, m testenv.MinIOServer, endpoint string, opts cdn.Op
 func put(t *testing.T, m testenv.MinIOServer, bucket, object string, data []byte) (etag string) {
 	t.Helper()
 	c := newClient(t, m, "", cdn.Options{})
-	if err := c.Upload(t.Context(), bucket, object, bytes.NewReader(data), int64(len(data))); err != nil {
+	if err := c.Upload(t.Context(), bucket, object, bytes.NewReader(data), int64(len(data)), nil); err != nil {
 		t.Fatalf("upload: %v", err)
 	}
-	_, etag, err := c.Stat(t.Context(), bucket, object)
+	obj, err := c.Stat(t.Context(), bucket, object)
 	if err != nil {
 		t.Fatalf("stat: %v", err)
 	}
-	return etag
+	return obj.ETag
 }
 
 func checkSame(t *testing.T, got, want []byte) {
@@ -385,32 +386,22 @@ func TestUploadDownloadRoundTrip(t *testing.T) {
 	bucket := bucketName(t, m) // not created: the first Upload creates it
 	c := newClient(t, m, "", cdn.Options{})
 	ctx := t.Context()
+	// One PUT, and a multipart upload of parts of 16 MiB and a short last one.
 	for _, tc := range []struct {
-		name   string
-		size   int
-		known  bool
-		reader func([]byte) io.Reader
-	}{
-		{"empty", 0, true, func(b []byte) io.Reader { return bytes.NewReader(b) }},
-		{"one", 1, true, func(b []byte) io.Reader { return bytes.NewReader(b) }},
-		{"5MiB+7", 5<<20 + 7, true, func(b []byte) io.Reader { return bytes.NewReader(b) }},
-		{"5MiB+7-stream", 5<<20 + 7, true, func(b []byte) io.Reader { return struct{ io.Reader }{bytes.NewReader(b)} }},
-		{"20MiB+3-unknown-size", 20<<20 + 3, false, func(b []byte) io.Reader { return struct{ io.Reader }{bytes.NewReader(b)} }},
-		{"17MiB-known-stream", 17 << 20, true, func(b []byte) io.Reader { return struct{ io.Reader }{bytes.NewReader(b)} }},
-	} {
+		name string
+		size int
+	}{{"empty", 0}, {"one", 1}, {"5MiB+7", 5<<20 + 7}, {"16MiB", 16 << 20}, {"33MiB+3", 33<<20 + 3}} {
 		t.Run(tc.name, func(t *testing.T) {
 			data := payload(tc.size, uint64(tc.size))
 			object := tc.name + ".big"
-			size := int64(len(data))
-			if !tc.known {
-				size = -1
-			}
-			if err := c.Upload(ctx, bucket, object, tc.reader(data), size); err != nil {
+			sum := fmt.Sprintf("%x", sha256.Sum256(data[:min(len(data), 100)]))
+			meta := map[string]string{cdn.MetaSmallSHA256: sum}
+			if err := c.Upload(ctx, bucket, object, bytes.NewReader(data), int64(len(data)), meta); err != nil {
 				t.Fatalf("Upload: %v", err)
 			}
-			gotSize, etag, err := c.Stat(ctx, bucket, object)
-			if err != nil || gotSize != int64(len(data)) || etag == "" {
-				t.Fatalf("Stat = %d, %q, %v; want %d, an ETag", gotSize, etag, err, len(data))
+			obj, err := c.Stat(ctx, bucket, object)
+			if err != nil || obj.Size != int64(len(data)) || obj.ETag == "" || obj.SmallSHA256 != sum {
+				t.Fatalf("Stat = %+v, %v; want %d bytes, an ETag, small-sha256 %s", obj, err, len(data), sum)
 			}
 			var buf bytes.Buffer
 			n, err := c.Download(ctx, bucket, object, &buf)
@@ -443,7 +434,7 @@ func TestNotFound(t *testing.T) {
 		if err != nil && !strings.HasPrefix(err.Error(), "download "+tc.bucket+"/"+tc.object+": ") {
 			t.Errorf("error %q does not name the download", err)
 		}
-		if _, _, err := c.Stat(ctx, tc.bucket, tc.object); !errors.Is(err, cdn.ErrNotFound) {
+		if _, err := c.Stat(ctx, tc.bucket, tc.object); !errors.Is(err, cdn.ErrNotFound) {
 			t.Errorf("Stat %s/%s: %v, want ErrNotFound", tc.bucket, tc.object, err)
 		}
 	}
@@ -466,9 +457,9 @@ func TestWrongCredentials(t *testing.T) {
 				t.Fatal(err)
 			}
 			_, dlErr := c.Download(ctx, bucket, "present", io.Discard)
-			_, _, statErr := c.Stat(ctx, bucket, "present")
-			upErr := c.Upload(ctx, bucket, "new", strings.NewReader("data"), 4)
-			upNewBucketErr := c.Upload(ctx, bucket+"-new", "new", strings.NewReader("data"), 4)
+			_, statErr := c.Stat(ctx, bucket, "present")
+			upErr := c.Upload(ctx, bucket, "new", strings.NewReader("data"), 4, nil)
+			upNewBucketErr := c.Upload(ctx, bucket+"-new", "new", strings.NewReader("data"), 4, nil)
 			for name, err := range map[string]error{"Download": dlErr, "Stat": statErr, "Upload": upErr, "Upload new bucket": upNewBucketErr} {
 				if !errors.Is(err, cdn.ErrDenied) {
 					t.Errorf("%s: %v, want ErrDenied", name, err)
@@ -496,8 +487,8 @@ func TestClosedPortIsUnavailable(t *testing.T) {
 	ctx := t.Context()
 	start := time.Now()
 	_, dlErr := c.Download(ctx, "bucket", "object", io.Discard)
-	_, _, statErr := c.Stat(ctx, "bucket", "object")
-	upErr := c.Upload(ctx, "bucket", "object", strings.NewReader("data"), 4)
+	_, statErr := c.Stat(ctx, "bucket", "object")
+	upErr := c.Upload(ctx, "bucket", "object", strings.NewReader("data"), 4, nil)
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("took %v to give up on a closed port", d)
 	}
@@ -649,7 +640,7 @@ func TestObjectChangedMidDownload(t *testing.T) {
 			return 1 << 20, false
 		}
 		if i == 1 { // before the resume reaches MinIO, replace the object
-			if err := direct.Upload(context.Background(), bucket, "model.big", bytes.NewReader(replaced), int64(len(replaced))); err != nil {
+			if err := direct.Upload(context.Background(), bucket, "model.big", bytes.NewReader(replaced), int64(len(replaced)), nil); err != nil {
 				t.Errorf("replace the object: %v", err)
 			}
 		}
@@ -844,5 +835,38 @@ func TestNoGoroutineLeak(t *testing.T) {
 				runtime.NumGoroutine(), baseline, buf[:runtime.Stack(buf, true)])
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestDownloadFrom: a download that an earlier process left at an offset continues there with
+// a ranged GET If-Match its ETag; an object replaced since then is ErrChanged, not spliced.
+func TestDownloadFrom(t *testing.T) {
+	m := testenv.MinIO(t)
+	bucket := bucketName(t, m)
+	data := payload(3<<20+5, 8)
+	etag := put(t, m, bucket, "model.big", data)
+	rt := &recordingTransport{base: newTransport(t)}
+	c := newClient(t, m, "", cdn.Options{Transport: rt})
+
+	const offset = 1<<20 + 3
+	var buf bytes.Buffer
+	n, err := c.DownloadFrom(t.Context(), bucket, "model.big", &buf, cdn.Resume{Offset: offset, ETag: etag})
+	if err != nil || n != int64(len(data))-offset {
+		t.Fatalf("DownloadFrom = %d, %v; want %d bytes", n, err, len(data)-offset)
+	}
+	checkSame(t, buf.Bytes(), data[offset:])
+	reqs := rt.requests()
+	if len(reqs) != 1 || reqs[0].rangeHeader != fmt.Sprintf("bytes=%d-", offset) || reqs[0].ifMatch != `"`+etag+`"` {
+		t.Fatalf("requests %+v, want one GET with Range bytes=%d- If-Match %q", reqs, offset, etag)
+	}
+
+	put(t, m, bucket, "model.big", payload(3<<20+5, 9)) // replaced: same size, another ETag
+	buf.Reset()
+	n, err = c.DownloadFrom(t.Context(), bucket, "model.big", &buf, cdn.Resume{Offset: offset, ETag: etag})
+	if !errors.Is(err, cdn.ErrChanged) || n != 0 || buf.Len() != 0 {
+		t.Fatalf("DownloadFrom a replaced object = %d bytes, %v; want nothing and ErrChanged", n, err)
+	}
+	if _, err := c.DownloadFrom(t.Context(), bucket, "model.big", io.Discard, cdn.Resume{Offset: 5}); err == nil {
+		t.Fatal("DownloadFrom an offset without an ETag succeeded")
 	}
 }

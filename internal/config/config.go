@@ -61,6 +61,15 @@ type Config struct {
 	// DockerTimeout bounds each Docker call, and the time an image load may go without
 	// progress (SPEC §10).
 	DockerTimeout time.Duration
+	// Prefetch lists the parts brought into the model cache in the background (SPEC §11):
+	// "folder/name" or "folder/*" entries.
+	Prefetch []string
+	// PrefetchInterval: how often prefetch runs after a login.
+	PrefetchInterval time.Duration
+	// CDNRateLimit caps all CDN downloads together, bytes per second; 0 = no cap.
+	CDNRateLimit int64
+	// ModelCacheMax caps the model cache, bytes; 0 = no cap (least recently used parts go).
+	ModelCacheMax int64
 }
 
 // setting is one row of the configuration table: a flag, its environment variable and default.
@@ -83,6 +92,42 @@ func duration(p func(*Config) *time.Duration) func(*Config, string) error {
 		*p(c) = d
 		return nil
 	}
+}
+
+// size reads a byte count: a number with an optional B, KiB, MiB, GiB or TiB suffix; empty
+// means 0 (no limit).
+func size(p func(*Config) *int64) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := ParseBytes(v)
+		if err != nil {
+			return err
+		}
+		*p(c) = n
+		return nil
+	}
+}
+
+// ParseBytes reads a byte count such as 1048576, 512KiB, 1MiB or 8GiB; "" is 0.
+func ParseBytes(v string) (int64, error) {
+	s := strings.TrimSpace(v)
+	if s == "" {
+		return 0, nil
+	}
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}} {
+		if rest, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, mult = strings.TrimSpace(rest), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("must be a positive number of bytes such as 1048576, 512KiB or 1MiB, got %q", v)
+	}
+	return n * mult, nil
 }
 
 var settings = []setting{
@@ -167,6 +212,23 @@ var settings = []setting{
 	{"tpm-timeout", "TPM_TIMEOUT", "30s", "limit on everything asked of the TPM at start (a TPM that does not answer: exit code 1)", false, duration(func(c *Config) *time.Duration { return &c.TPMTimeout })},
 	{"retry-max-delay", "RETRY_MAX_DELAY", "5m", "longest wait between two attempts of the unattended login and unlock (exponential backoff with jitter, from about 1s)", false, duration(func(c *Config) *time.Duration { return &c.RetryMaxDelay })},
 	{"docker-timeout", "DOCKER_TIMEOUT", "60s", "limit on each Docker call, and on the time an image load may go without progress", false, duration(func(c *Config) *time.Duration { return &c.DockerTimeout })},
+	{"prefetch", "PREFETCH", "", "comma-separated folder/name or folder/* entries whose big parts are brought into the model cache in the background after each login and every --prefetch-interval", false, func(c *Config, v string) error {
+		c.Prefetch = nil
+		for _, e := range strings.Split(v, ",") {
+			if e = strings.TrimSpace(e); e == "" {
+				continue
+			}
+			folder, name, ok := strings.Cut(e, "/")
+			if !ok || folder == "" || name == "" || strings.Contains(name, "/") {
+				return fmt.Errorf("entries must be folder/name or folder/*, got %q", e)
+			}
+			c.Prefetch = append(c.Prefetch, e)
+		}
+		return nil
+	}},
+	{"prefetch-interval", "PREFETCH_INTERVAL", "1h", "how often PREFETCH runs again after a login", false, duration(func(c *Config) *time.Duration { return &c.PrefetchInterval })},
+	{"cdn-rate-limit", "CDN_RATE_LIMIT", "", "cap on all CDN downloads together, bytes per second (KiB, MiB suffixes; empty: none)", false, size(func(c *Config) *int64 { return &c.CDNRateLimit })},
+	{"model-cache-max", "MODEL_CACHE_MAX", "", "cap on the model cache's size (KiB, MiB, GiB suffixes; empty: none): least recently used parts nobody reads and PREFETCH does not name are removed", false, size(func(c *Config) *int64 { return &c.ModelCacheMax })},
 }
 
 // Names lists the environment variables the configuration reads, in table order.

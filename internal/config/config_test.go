@@ -36,6 +36,7 @@ func TestDefaults(t *testing.T) {
 		UpstreamTimeout: 30 * time.Second, CDNStallTimeout: 30 * time.Second,
 		DeviceConfig: "/etc/azaion/device.conf", TPMDevice: "/dev/tpmrm0", TPMTimeout: 30 * time.Second,
 		RetryMaxDelay: 5 * time.Minute, DockerTimeout: 60 * time.Second,
+		PrefetchInterval: time.Hour,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got %+v\nwant %+v", c, want)
@@ -84,6 +85,13 @@ func TestInvalid(t *testing.T) {
 		{"archive under a file", map[string]string{"IMAGES_PATH": filepath.Join(file, "images.enc")}, nil, "IMAGES_PATH"},
 		{"empty TPM device", nil, []string{"-tpm-device", ""}, "TPM_DEVICE"},
 		{"bad TPM timeout", map[string]string{"TPM_TIMEOUT": "0s"}, nil, "TPM_TIMEOUT"},
+		{"prefetch without folder", map[string]string{"PREFETCH": "models/a,b"}, nil, "PREFETCH"},
+		{"prefetch path", nil, []string{"-prefetch", "models/a/b"}, "PREFETCH"},
+		{"prefetch empty name", nil, []string{"-prefetch", "models/"}, "PREFETCH"},
+		{"rate limit unit", map[string]string{"CDN_RATE_LIMIT": "1MB"}, nil, "CDN_RATE_LIMIT"},
+		{"rate limit zero", map[string]string{"CDN_RATE_LIMIT": "0"}, nil, "CDN_RATE_LIMIT"},
+		{"cache max negative", nil, []string{"-model-cache-max", "-5MiB"}, "MODEL_CACHE_MAX"},
+		{"prefetch interval", map[string]string{"PREFETCH_INTERVAL": "hourly"}, nil, "PREFETCH_INTERVAL"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -92,6 +100,24 @@ func TestInvalid(t *testing.T) {
 				t.Fatalf("err = %v, want one naming %s", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestModelCacheSettings: SPEC §11's settings, with the byte suffixes they take.
+func TestModelCacheSettings(t *testing.T) {
+	c, err := load(t, map[string]string{"PREFETCH": " models/a.bin, models/* ,", "CDN_RATE_LIMIT": "512KiB", "PREFETCH_INTERVAL": "15m"},
+		"-model-cache-max", "8 GiB")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(c.Prefetch, []string{"models/a.bin", "models/*"}) || c.CDNRateLimit != 512<<10 ||
+		c.ModelCacheMax != 8<<30 || c.PrefetchInterval != 15*time.Minute {
+		t.Errorf("got %+v", c)
+	}
+	for in, want := range map[string]int64{"1048576": 1 << 20, "1MiB": 1 << 20, "3 KiB": 3 << 10, "7B": 7, "": 0, "2TiB": 2 << 40} {
+		if got, err := ParseBytes(in); err != nil || got != want {
+			t.Errorf("ParseBytes(%q) = %d, %v; want %d", in, got, err, want)
+		}
 	}
 }
 

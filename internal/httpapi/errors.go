@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 
+	"github.com/azaion/loader/internal/cache"
 	"github.com/azaion/loader/internal/cdn"
 	"github.com/azaion/loader/internal/docker"
 	"github.com/azaion/loader/internal/resourceapi"
@@ -75,6 +76,8 @@ var errorTable = []struct {
 	{cdn.ErrUnavailable, http.StatusBadGateway, ""},
 	{cdn.ErrDenied, http.StatusBadGateway, ""},
 	{docker.ErrUnreachable, http.StatusBadGateway, ""},
+	{resources.ErrInconsistent, http.StatusBadGateway, "resource is being replaced or inconsistent"},
+	{cache.ErrNoSpace, http.StatusInsufficientStorage, ""},
 	{security.ErrWrongKey, http.StatusInternalServerError, "decryption failed: wrong key or corrupted data"},
 	{security.ErrTruncated, http.StatusInternalServerError, "decryption failed: ciphertext truncated"},
 }

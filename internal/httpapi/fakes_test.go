@@ -45,6 +45,7 @@ func (a *fakeAuth) Session() (httpapi.Session, bool) {
 type fakeResources struct {
 	open   func(ctx context.Context, folder, name string) (*resources.Resource, error)
 	upload func(ctx context.Context, folder, name string, r io.Reader) error
+	cache  func() (resources.CacheStatus, error)
 
 	mu    sync.Mutex
 	calls int
@@ -68,6 +69,13 @@ func (f *fakeResources) Upload(ctx context.Context, folder, name string, r io.Re
 		panic("unexpected Upload")
 	}
 	return f.upload(ctx, folder, name, r)
+}
+
+func (f *fakeResources) CacheStatus() (resources.CacheStatus, error) {
+	if f.cache == nil {
+		return resources.CacheStatus{}, nil
+	}
+	return f.cache()
 }
 
 func (f *fakeResources) Calls() int {

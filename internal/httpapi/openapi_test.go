@@ -9,13 +9,16 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/getkin/kin-openapi/routers/legacy"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/azaion/loader/internal/cache"
 	"github.com/azaion/loader/internal/cdn"
 	"github.com/azaion/loader/internal/httpapi"
 	"github.com/azaion/loader/internal/resourceapi"
@@ -123,10 +126,11 @@ var documentedErrors = map[string][]int{
 	"GET /health":             nil,
 	"GET /status":             {401},
 	"POST /login":             {401, 413, 422, 502},
-	"POST /load/{filename}":   {401, 403, 404, 413, 422, 500, 502},
-	"POST /upload/{filename}": {401, 403, 413, 422, 500, 502},
+	"POST /load/{filename}":   {401, 403, 404, 413, 422, 500, 502, 507},
+	"POST /upload/{filename}": {401, 403, 413, 422, 500, 502, 507},
 	"POST /unlock":            {401, 404, 413, 422},
 	"GET /unlock/status":      {401},
+	"GET /cache":              {401},
 	"GET /metrics":            {401, 404},
 	"GET /openapi.json":       {401},
 }
@@ -256,6 +260,8 @@ func TestOpenAPIAnswers(t *testing.T) {
 		{"load unknown", loadReq, fail(cdn.ErrNotFound)},
 		{"load wrong key", loadReq, fail(security.ErrWrongKey)},
 		{"load CDN down", loadReq, fail(cdn.ErrUnavailable)},
+		{"load inconsistent", loadReq, fail(resources.ErrInconsistent)},
+		{"load no space", loadReq, fail(&cache.SpaceError{Dir: "models", Part: "models/m.big", Need: 20 << 20, Have: 7 << 20})},
 		{"load bad body", request{"POST", "/load/model.onnx", "application/json", jsonBody(`{"folder":"../x"}`)}, ok},
 		{"load body too large", request{"POST", "/load/model.onnx", "application/json", jsonBody(loadTooLarge)}, ok},
 
@@ -263,9 +269,20 @@ func TestOpenAPIAnswers(t *testing.T) {
 		{"upload not logged in", uploadReq, fail(resourceapi.ErrNotLoggedIn)},
 		{"upload refused", uploadReq, fail(resourceapi.ErrForbidden)},
 		{"upload CDN down", uploadReq, fail(cdn.ErrUnavailable)},
-		{"upload cache disk fails", uploadReq, fail(errors.New("write cache: no space left on device"))},
+		{"upload cache disk fails", uploadReq, fail(errors.New("write cache: input/output error"))},
+		{"upload disk full", uploadReq, fail(&cache.SpaceError{Dir: "models", Part: "models/m.big", Written: 8 << 20, Err: syscall.ENOSPC})},
 		{"upload no file", request{"POST", "/upload/model.onnx", noFileCT, noFileBody}, ok},
 		{"upload field too large", request{"POST", "/upload/model.onnx", bigFieldCT, bigFieldBody}, ok},
+
+		{"cache", request{"GET", "/cache", "", nil}, func() {
+			e.res.cache = func() (resources.CacheStatus, error) {
+				return resources.CacheStatus{Bytes: 5, Max: 10, Parts: []resources.CachePart{
+					{Folder: "models", Name: "a", Bytes: 5, Size: 5, State: "cached", LastUsed: time.Now()},
+					{Folder: "models", Name: "b", Size: -1, State: "queued"},
+				}}, nil
+			}
+		}},
+		{"cache empty", request{"GET", "/cache", "", nil}, func() { e.res.cache = nil }},
 
 		{"unlock", unlockReq, ok},
 		{"unlock no archive", unlockReq, fail(unlock.ErrArchiveNotFound)},

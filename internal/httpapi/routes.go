@@ -29,6 +29,7 @@ func (s *Server) routes() []Route {
 		{http.MethodPost, "/upload/{filename}", s.handle(s.upload)},
 		{http.MethodPost, "/unlock", s.handle(s.startUnlock)},
 		{http.MethodGet, "/unlock/status", s.handle(s.unlockStatus)},
+		{http.MethodGet, "/cache", s.handle(s.cacheStatus)},
 		{http.MethodGet, "/metrics", s.handleMetrics()},
 		{http.MethodGet, "/openapi.json", s.handle(s.openAPI)},
 	}

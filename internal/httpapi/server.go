@@ -55,6 +55,8 @@ type Resources interface {
 	// anything: an error from r (including one httpapi injects to reject the request) must make
 	// Upload fail, and should be wrapped with %w.
 	Upload(ctx context.Context, folder, name string, r io.Reader) error
+	// CacheStatus lists the model cache for GET /cache (SPEC §11).
+	CacheStatus() (resources.CacheStatus, error)
 }
 
 // Unlocker runs the unlock workflow (SPEC §6).

@@ -170,3 +170,51 @@ func (m *Metrics) UnattendedAttempt(step, outcome string) {
 		m.unattended.WithLabelValues(step, outcome).Inc()
 	}
 }
+
+// CacheFigures are the model cache's figures, as GET /cache shows them (SPEC §11).
+type CacheFigures struct {
+	Bytes  int64          // on disk
+	Max    int64          // MODEL_CACHE_MAX, 0 for none
+	Parts  map[string]int // parts by state: cached, downloading, partial, queued
+	States []string       // every state, so a state with no part reads 0
+}
+
+// WatchCache registers the model cache's figures, read from figures at scrape time, so the
+// gauges can never disagree with GET /cache.
+func WatchCache(reg prometheus.Registerer, figures func() (CacheFigures, error)) {
+	reg.MustRegister(cacheCollector{figures})
+}
+
+var (
+	cacheBytesDesc = prometheus.NewDesc("azaion_loader_cache_bytes",
+		"Bytes of big parts (complete and partial) in the model cache.", nil, nil)
+	cacheMaxDesc = prometheus.NewDesc("azaion_loader_cache_max_bytes",
+		"MODEL_CACHE_MAX; absent when the cache has no cap.", nil, nil)
+	cachePartsDesc = prometheus.NewDesc("azaion_loader_cache_parts",
+		"Parts in the model cache by state: cached, downloading, partial, queued (for prefetch).", []string{"state"}, nil)
+)
+
+type cacheCollector struct {
+	figures func() (CacheFigures, error)
+}
+
+func (cacheCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- cacheBytesDesc
+	ch <- cacheMaxDesc
+	ch <- cachePartsDesc
+}
+
+func (c cacheCollector) Collect(ch chan<- prometheus.Metric) {
+	f, err := c.figures()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(cacheBytesDesc, err)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(cacheBytesDesc, prometheus.GaugeValue, float64(f.Bytes))
+	if f.Max > 0 {
+		ch <- prometheus.MustNewConstMetric(cacheMaxDesc, prometheus.GaugeValue, float64(f.Max))
+	}
+	for _, s := range f.States {
+		ch <- prometheus.MustNewConstMetric(cachePartsDesc, prometheus.GaugeValue, float64(f.Parts[s]), s)
+	}
+}

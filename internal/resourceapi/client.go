@@ -70,6 +70,9 @@ type Options struct {
 	Now func() time.Time
 	// Observer is told about every call and re-login, for metrics; nil means none.
 	Observer Observer
+	// OnLogin, when not nil, is called after each successful Login (not after the client's
+	// own re-logins), e.g. to start prefetching models (SPEC §11). It must not block.
+	OnLogin func()
 }
 
 // Observer is told what the client does upstream.
@@ -106,6 +109,7 @@ type Client struct {
 	log           *slog.Logger
 	now           func() time.Time
 	obs           Observer
+	onLogin       func()
 
 	mu     sync.Mutex
 	sess   *session     // nil until a Login succeeds; replaced, never modified
@@ -245,6 +249,9 @@ func (c *Client) logIn(ctx context.Context, email, password string) error {
 	c.sess = s
 	c.mu.Unlock()
 	c.log.Info("logged in to the resource API", "user", s.user.ID, "role", s.user.Role.String())
+	if c.onLogin != nil {
+		c.onLogin()
+	}
 	return nil
 }
 

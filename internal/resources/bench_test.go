@@ -46,6 +46,8 @@ func (a *memAPI) UploadResource(_ context.Context, folder, name string, r io.Rea
 	return nil
 }
 
+func (a *memAPI) ListResources(context.Context, string) ([]string, error) { return nil, nil }
+
 func (a *memAPI) CDN() (resourceapi.CDNSettings, error) {
 	return resourceapi.CDNSettings{Host: "http://cdn.invalid"}, nil
 }
@@ -53,12 +55,16 @@ func (a *memAPI) CDN() (resourceapi.CDNSettings, error) {
 // discardStore takes uploads and has nothing to download: the benchmark reads from the cache.
 type discardStore struct{}
 
-func (discardStore) Download(context.Context, string, string, io.Writer) (int64, error) {
+func (discardStore) Stat(context.Context, string, string) (cdn.Object, error) {
+	return cdn.Object{}, cdn.ErrNotFound
+}
+
+func (discardStore) DownloadFrom(context.Context, string, string, io.Writer, cdn.Resume) (int64, error) {
 	return 0, cdn.ErrNotFound
 }
 
-func (discardStore) Upload(_ context.Context, _, _ string, r io.Reader, _ int64) error {
-	_, err := io.Copy(io.Discard, r)
+func (discardStore) Upload(_ context.Context, _, _ string, r io.ReaderAt, size int64, _ map[string]string) error {
+	_, err := io.Copy(io.Discard, io.NewSectionReader(r, 0, size))
 	return err
 }
 
@@ -70,10 +76,14 @@ func BenchmarkOpenCached(b *testing.B) {
 		b.Run(fmt.Sprintf("%dMiB", size>>20), func(b *testing.B) {
 			api := &memAPI{files: map[string][]byte{}}
 			cache := b.TempDir()
-			s := resources.New(api, resources.Options{
+			s, err := resources.New(api, resources.Options{
 				CacheDir: cache,
 				NewStore: func(cdn.Config) (resources.Store, error) { return discardStore{}, nil },
 			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
 			if err := s.Upload(b.Context(), "models", "m", stream(size, 99)); err != nil {
 				b.Fatal(err)
 			}

@@ -54,8 +54,10 @@ func TestLongNames(t *testing.T) {
 	}
 }
 
-// TestRemoveTemp: temp files an interrupted run left behind are swept, the cache is kept.
-func TestRemoveTemp(t *testing.T) {
+// TestStartSweepsLeftovers: temp files an interrupted run left behind are swept when the
+// service starts, the cache is kept; but a service sharing the directory with a live one
+// (which holds the directory's lock) leaves the live one's temp files alone.
+func TestStartSweepsLeftovers(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envConfig{})
 	s := e.service()
@@ -65,18 +67,44 @@ func TestRemoveTemp(t *testing.T) {
 		filepath.Join(s.cache, e.folder, ".m.big.tmp-123456"),
 		filepath.Join(s.cache, e.folder, ".m.big.pair.tmp-99"),
 	}
-	for _, p := range leftovers {
-		if err := os.WriteFile(p, []byte("half"), 0o600); err != nil {
-			t.Fatal(err)
+	write := func() {
+		for _, p := range leftovers {
+			if err := os.WriteFile(p, []byte("half"), 0o600); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
-	if err := s.RemoveTemp(); err != nil {
+	write()
+	if err := s.Start(); err != nil {
 		t.Fatal(err)
 	}
 	s.wantCached(t, e.folder, "m")
 	wantSame(t, "served from the cache", s.read(t, e.folder, "m"), data)
 	if n := s.cdn.gets(e.folder, "m.big"); n != 0 {
 		t.Errorf("%d GETs: the sweep removed the cache", n)
+	}
+
+	write() // now the live service's own temp files
+	other := e.serviceWith(func(o *resources.Options) { o.CacheDir = s.cache })
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range leftovers {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("a second service swept the live one's temp file: %v", err)
+		}
+	}
+	// Once the first is gone, the next start sweeps.
+	s.Close()
+	other.Close()
+	third := e.serviceWith(func(o *resources.Options) { o.CacheDir = s.cache })
+	if err := third.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range leftovers {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s survived a start with nobody else using the cache", p)
+		}
 	}
 }
 

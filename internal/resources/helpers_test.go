@@ -257,7 +257,12 @@ func (e *env) serviceWith(opt func(*resources.Options)) *service {
 	if opt != nil {
 		opt(&opts)
 	}
-	return &service{Service: resources.New(e.client, opts), cache: cache, cdn: c}
+	svc, err := resources.New(e.client, opts)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { svc.Close() })
+	return &service{Service: svc, cache: cache, cdn: c}
 }
 
 func (s *service) bigPath(folder, name string) string {
@@ -276,8 +281,8 @@ func (s *service) cacheFiles(t testing.TB) []string {
 		if err != nil {
 			return err
 		}
-		if !d.IsDir() {
-			rel, _ := filepath.Rel(s.cache, p)
+		rel, _ := filepath.Rel(s.cache, p)
+		if !d.IsDir() && rel != ".lock" { // the lock of a started service
 			files = append(files, rel)
 		}
 		return nil
