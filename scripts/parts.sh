@@ -3,14 +3,15 @@
 # directory, so it never touches a system dockerd or MinIO.
 #
 #   parts.sh docker STATEDIR start|stop|status|pause|resume
-#   parts.sh minio  STATEDIR start|stop|status|pause|resume
+#   parts.sh minio  STATEDIR start|stop|status|pause|resume|kill
 #   parts.sh swtpm  STATEDIR start|stop|status
 #   parts.sh reap-stale PREFIX        stop the parts of state dirs PREFIX* whose test run is gone
 #
 # start waits until the part answers, stop waits until it is down; both are idempotent, and a
 # restart reuses the same data dir, socket and port. pause stops the part's main process with
 # SIGSTOP (it keeps its socket: connections are accepted by the kernel and never answered, as a
-# hung daemon's), resume sends SIGCONT and waits until it answers again. scripts/test.sh
+# hung daemon's), resume sends SIGCONT and waits until it answers again. kill (MinIO) sends
+# SIGKILL, as a crash would; start brings it back. scripts/test.sh
 # prepares STATEDIR (tools in STATEDIR/bin, MinIO port and credentials in STATEDIR/minio/env) and
 # exports
 # AZAION_TEST_DOCKER_CTL="parts.sh docker STATEDIR" and AZAION_TEST_MINIO_CTL="parts.sh minio STATEDIR"
@@ -248,6 +249,21 @@ minio_resume() {
 	wait_minio "$(cat "$M/run.pid")"
 }
 
+minio_kill() {
+	minio_init
+	local pid
+	pid=$(cat "$M/run.pid" 2>/dev/null || true)
+	alive "$pid" || die "minio is not running"
+	kill -KILL "$pid"
+	local i
+	for ((i = 0; i < 100; i++)); do
+		alive "$pid" || break
+		sleep 0.1
+	done
+	! alive "$pid" || die "minio $pid survived SIGKILL"
+	rm -f "$M/run.pid"
+}
+
 # ---- swtpm (a TPM 2.0 simulator, SPEC §14) -----------------------------------------------------
 
 swtpm_init() {
@@ -309,11 +325,14 @@ swtpm_stop() {
 
 # ---- stale runs ------------------------------------------------------------------------------
 
-# unmount_under DIR: a daemon killed with -9 may leave mounts below its exec/data root.
+# unmount_under DIR: a daemon killed with -9 may leave mounts below its exec/data root, and a
+# killed test its small tmpfs disks (testenv.Tmpfs mounts them under the state dir). /proc/mounts
+# writes a space in a path as \040: decode it before calling umount.
 unmount_under() {
 	local dir=$1 mnt
 	awk -v d="$dir/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r | while read -r mnt; do
-		umount -l "$mnt" 2>/dev/null || true
+		mnt=$(printf '%b' "$mnt")
+		umount "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
 	done
 }
 
@@ -346,7 +365,7 @@ docker | minio | swtpm)
 	[[ $# -eq 3 ]] || die "usage: parts.sh $1 STATEDIR start|stop|status|pause|resume"
 	STATE=$(cd "$2" && pwd) || die "no state dir $2"
 	case $3 in
-	start | stop | status | pause | resume)
+	start | stop | status | pause | resume | kill)
 		declare -F "$1_$3" >/dev/null || die "$1 has no action $3"
 		"$1_$3"
 		;;

@@ -95,6 +95,21 @@ func StopMinIO(t testing.TB) { t.Helper(); control(t, EnvMinIOCtl, "MinIO") }
 // StartMinIO starts the test MinIO again after StopMinIO, waiting until it answers.
 func StartMinIO(t testing.TB) { t.Helper(); ctl(t, EnvMinIOCtl, "start") }
 
+// PauseMinIO freezes the test MinIO with SIGSTOP: it keeps its port and connections and
+// answers nothing, as a hung server does. A cleanup resumes it (SIGCONT). Tests that call it
+// must not run in parallel with other MinIO tests.
+func PauseMinIO(t testing.TB) { t.Helper(); pause(t, EnvMinIOCtl, "MinIO") }
+
+// ResumeMinIO lets a MinIO frozen by PauseMinIO go on.
+func ResumeMinIO(t testing.TB) { t.Helper(); ctl(t, EnvMinIOCtl, "resume") }
+
+// KillMinIO kills the test MinIO with SIGKILL, as a crash would, and registers a cleanup
+// that starts it again. Tests that call it must not run in parallel with other MinIO tests.
+func KillMinIO(t testing.TB) {
+	t.Helper()
+	act(t, EnvMinIOCtl, "MinIO", "kill", "start")
+}
+
 // StopDocker stops the test dockerd and registers a cleanup that starts it again.
 func StopDocker(t testing.TB) { t.Helper(); control(t, EnvDockerCtl, "dockerd") }
 
@@ -117,22 +132,24 @@ func ResumeDocker(t testing.TB) { t.Helper(); ctl(t, EnvDockerCtl, "resume") }
 
 func control(t testing.TB, env, what string) {
 	t.Helper()
-	if os.Getenv(env) == "" {
-		Missing(t, what+" control ("+env+")")
-	}
-	parts.exclusive(t)
-	ctl(t, env, "stop")
-	t.Cleanup(func() { ctl(t, env, "start") }) // runs before the lock's cleanup (LIFO)
+	act(t, env, what, "stop", "start")
 }
 
-func pause(t testing.TB, env, what string) {
+// act runs "$env action" holding the parts lock exclusively, and "$env undo" when the test
+// ends.
+func act(t testing.TB, env, what, action, undo string) {
 	t.Helper()
 	if os.Getenv(env) == "" {
 		Missing(t, what+" control ("+env+")")
 	}
 	parts.exclusive(t)
-	ctl(t, env, "pause")
-	t.Cleanup(func() { ctl(t, env, "resume") })
+	ctl(t, env, action)
+	t.Cleanup(func() { ctl(t, env, undo) }) // runs before the lock's cleanup (LIFO)
+}
+
+func pause(t testing.TB, env, what string) {
+	t.Helper()
+	act(t, env, what, "pause", "resume")
 }
 
 // ctl runs "$env stop|start|pause|resume"; the script it names is idempotent and waits until the part is

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -213,5 +214,63 @@ func TestMissingPart(t *testing.T) {
 	out, err = run(true)
 	if err == nil || strings.Count(out, "--- FAIL") != 4 || !strings.Contains(out, "CI=true") {
 		t.Errorf("with CI=true: want 4 failed tests, got err=%v\n%s", err, out)
+	}
+}
+
+// TestFaultMinIOPauseResume: a paused MinIO keeps its port and answers nothing; resumed, it
+// answers again.
+func TestFaultMinIOPauseResume(t *testing.T) {
+	m := testenv.MinIO(t)
+	c := minioClient(t, m)
+	testenv.PauseMinIO(t)
+	start := time.Now()
+	if _, err := listBuckets(c, 2*time.Second); err == nil {
+		t.Fatal("list buckets succeeded while MinIO is paused")
+	}
+	if time.Since(start) < 2*time.Second {
+		t.Fatal("a paused MinIO refused at once: it is not paused but gone")
+	}
+	testenv.ResumeMinIO(t)
+	if _, err := listBuckets(c, 10*time.Second); err != nil {
+		t.Fatalf("list buckets after ResumeMinIO: %v", err)
+	}
+}
+
+// TestFaultMinIOKill: a killed MinIO refuses connections; the cleanup starts it with its data.
+func TestFaultMinIOKill(t *testing.T) {
+	m := testenv.MinIO(t)
+	c := minioClient(t, m)
+	payload := []byte("kept across a crash")
+	bucket := makeBucket(t, c, payload)
+	t.Run("kill", func(t *testing.T) {
+		testenv.KillMinIO(t)
+		if _, err := listBuckets(c, 5*time.Second); err == nil {
+			t.Fatal("list buckets succeeded after KillMinIO")
+		}
+	})
+	if got := getObject(t, c, bucket); !bytes.Equal(got, payload) {
+		t.Fatalf("after the crash the object is %q, want %q", got, payload)
+	}
+}
+
+// TestTmpfs: the small disk is a tmpfs of the size asked for, gone after the test.
+func TestTmpfs(t *testing.T) {
+	var dir string
+	t.Run("mount", func(t *testing.T) {
+		dir = testenv.Tmpfs(t, "1m")
+		if err := os.WriteFile(dir+"/fits", make([]byte, 512<<10), 0o600); err != nil {
+			t.Fatalf("512 KiB on a 1 MiB tmpfs: %v", err)
+		}
+		err := os.WriteFile(dir+"/too-big", make([]byte, 1<<20), 0o600)
+		if !errors.Is(err, syscall.ENOSPC) {
+			t.Fatalf("1 MiB more on a 1 MiB tmpfs: %v, want ENOSPC", err)
+		}
+	})
+	if dir == "" {
+		return // skipped
+	}
+	mounts, _ := os.ReadFile("/proc/mounts")
+	if strings.Contains(string(mounts), dir) {
+		t.Errorf("%s is still mounted after its test", dir)
 	}
 }
