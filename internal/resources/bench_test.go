@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -46,7 +48,18 @@ func (a *memAPI) UploadResource(_ context.Context, folder, name string, r io.Rea
 	return nil
 }
 
-func (a *memAPI) ListResources(context.Context, string) ([]string, error) { return nil, nil }
+func (a *memAPI) ListResources(_ context.Context, folder string) ([]string, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	names := []string{}
+	for k := range a.files {
+		if name, ok := strings.CutPrefix(k, folder+"/"); ok {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	return names, nil
+}
 
 func (a *memAPI) CDN() (resourceapi.CDNSettings, error) {
 	return resourceapi.CDNSettings{Host: "http://cdn.invalid"}, nil

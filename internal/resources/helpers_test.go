@@ -141,6 +141,8 @@ type counter struct {
 	next http.RoundTripper
 	mu   sync.Mutex
 	reqs []string // "METHOD /path"
+	rng  []string // the Range header of each request ("" for none)
+	got  int64    // body bytes of GET answers read by the client
 	hold *hold    // for the next GET of hold.path
 }
 
@@ -202,6 +204,7 @@ func newCounter(t testing.TB) *counter {
 func (c *counter) RoundTrip(r *http.Request) (*http.Response, error) {
 	c.mu.Lock()
 	c.reqs = append(c.reqs, r.Method+" "+r.URL.Path)
+	c.rng = append(c.rng, r.Header.Get("Range"))
 	h := c.hold
 	if h != nil && r.Method == http.MethodGet && r.URL.Path == h.path {
 		c.hold = nil
@@ -210,10 +213,47 @@ func (c *counter) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	c.mu.Unlock()
 	resp, err := c.next.RoundTrip(r)
+	if err == nil && r.Method == http.MethodGet {
+		resp.Body = &countedBody{ReadCloser: resp.Body, c: c}
+	}
 	if err == nil && h != nil {
 		resp.Body = &heldBody{ReadCloser: resp.Body, h: h, done: r.Context().Done(), left: h.after}
 	}
 	return resp, err
+}
+
+// countedBody adds what is read to counter.got.
+type countedBody struct {
+	io.ReadCloser
+	c *counter
+}
+
+func (b *countedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.c.mu.Lock()
+	b.c.got += int64(n)
+	b.c.mu.Unlock()
+	return n, err
+}
+
+// ranges returns the Range headers of the GETs of folder/object, in order.
+func (c *counter) ranges(folder, object string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for i, r := range c.reqs {
+		if r == "GET /"+folder+"/"+object {
+			out = append(out, c.rng[i])
+		}
+	}
+	return out
+}
+
+// received is how many body bytes of GET answers were read.
+func (c *counter) received() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.got
 }
 
 // gets counts the GETs of folder/object.
@@ -262,7 +302,7 @@ func (e *env) serviceWith(opt func(*resources.Options)) *service {
 		e.t.Fatal(err)
 	}
 	e.t.Cleanup(func() { svc.Close() })
-	return &service{Service: svc, cache: cache, cdn: c}
+	return &service{Service: svc, cache: opts.CacheDir, cdn: c}
 }
 
 func (s *service) bigPath(folder, name string) string {
