@@ -263,7 +263,7 @@ func TestEvictLRU(t *testing.T) {
 	put(t, c, "models", "pinned", payload(1000, 1), "p")
 	put(t, c, "models", "a", payload(1000, 2), "a")
 	put(t, c, "models", "b", payload(1000, 3), "b") // 3000: fits
-	reading, err := c.Open("models", "a")          // a is now the most recently used, and open
+	reading, err := c.Open("models", "a")           // a is now the most recently used, and open
 	if err != nil {
 		t.Fatal(err)
 	}
