@@ -18,7 +18,7 @@ type cachePart struct {
 	Bytes    int64   `json:"bytes"`    // on disk
 	Size     *int64  `json:"size"`     // of the whole part; null while not known
 	State    string  `json:"state"`    // cached, downloading, partial, queued
-	LastUsed *string `json:"lastUsed"` // RFC 3339; null when never used
+	LastUsed *string `json:"lastUsed"` // RFC 3339: last /load or write; null when queued
 }
 
 func (s *Server) cacheStatus(w http.ResponseWriter, r *http.Request) error {

@@ -177,6 +177,7 @@ func New(baseURL, hardware string, opts Options) (*Client, error) {
 		log:          opts.Logger,
 		now:          opts.Now,
 		obs:          opts.Observer,
+		onLogin:      opts.OnLogin,
 	}
 	if c.obs == nil {
 		c.obs = nopObserver{}
