@@ -235,3 +235,37 @@ func TestRefRenewsBeforeExpiry(t *testing.T) {
 		t.Errorf("%d list calls, want 1: renewed ahead, not after a 401", n)
 	}
 }
+
+// TestRefOnLoginAndList: OnLogin is called after each successful Login, not after a failed
+// one nor after the client's own re-login; ListResources names the small parts a folder holds
+// (SPEC §3), as prefetch reads them.
+func TestRefOnLoginAndList(t *testing.T) {
+	var mu sync.Mutex
+	logins := 0
+	e := newRefEnv(t, nil, resourceapi.Options{OnLogin: func() { mu.Lock(); logins++; mu.Unlock() }})
+	count := func() int { mu.Lock(); defer mu.Unlock(); return logins }
+	if err := e.client.Login(context.Background(), refEmail, "wrong"); err == nil {
+		t.Fatal("a wrong password logged in")
+	}
+	if n := count(); n != 0 {
+		t.Fatalf("OnLogin after a failed login: %d calls", n)
+	}
+	e.login(t)
+	for _, n := range []string{"b.bin.small", "a.bin.small"} {
+		if err := e.ref.PutResource("models", n, strings.NewReader("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.ref.RevokeTokens() // the next call logs in again by itself
+	names, err := e.client.ListResources(context.Background(), "models")
+	if err != nil || !slices.Equal(names, []string{"a.bin.small", "b.bin.small"}) {
+		t.Fatalf("ListResources = %q, %v", names, err)
+	}
+	if n := count(); n != 1 {
+		t.Errorf("OnLogin called %d times, want once (the re-login does not count)", n)
+	}
+	e.login(t)
+	if n := count(); n != 2 {
+		t.Errorf("OnLogin called %d times after a second login, want 2", n)
+	}
+}
