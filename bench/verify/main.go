@@ -1,0 +1,229 @@
+// Command verify measures what the model cache's integrity check costs (SPEC §11, bit rot):
+//
+//	go run ./bench/verify [-size 256MiB] [-runs 3]
+//
+// (a) the SHA-256 verification of a cached big part (internal/cache, Cache.Verify) next to
+// `sha256sum` and `openssl dgst -sha256` of the same file, page cache warm, best of -runs;
+// (b) what verification adds to the first /load of a cached part after a restart: the loader
+// runs as a process (built here) in front of the reference Resource API (in this process); the
+// part is in its cache, the CDN is a closed port. For each run a fresh process serves the part
+// twice: the first /load verifies it, the second finds it verified. The difference is the
+// verification's share of the first /load.
+//
+// It prints one Markdown section: the figures, their baselines from the same run, the ratios
+// and the machine.
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/azaion/loader/bench/internal/benchenv"
+	"github.com/azaion/loader/bench/internal/bytesize"
+	"github.com/azaion/loader/internal/cache"
+	"github.com/azaion/loader/internal/cdn"
+	"github.com/azaion/loader/internal/hardware"
+	"github.com/azaion/loader/internal/refapi"
+	"github.com/azaion/loader/internal/resourceapi"
+	"github.com/azaion/loader/internal/resources"
+)
+
+const folder = "models"
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench/verify:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	sizeFlag := flag.String("size", "256MiB", "size of the resource")
+	runs := flag.Int("runs", 3, "runs of each measurement; the best counts")
+	flag.Parse()
+	size, err := bytesize.Parse(*sizeFlag)
+	if err != nil {
+		return fmt.Errorf("-size: %w", err)
+	}
+	dir, err := os.MkdirTemp("", "azaion-bench-verify-*")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+
+	// The resource, uploaded through the loader's own code into the cache the loader
+	// process will use: the small part goes to the reference API, the big part into the cache
+	// (and to a CDN that keeps nothing).
+	_, refURL, stopRef, err := benchenv.RefAPI(filepath.Join(dir, "refapi"), refapi.CDNSettings{
+		Host: "http://127.0.0.1:1", DownloaderAccessKey: "k", DownloaderAccessSecret: "s", UploaderAccessKey: "k", UploaderAccessSecret: "s"})
+	if err != nil {
+		return err
+	}
+	defer stopRef()
+	cacheDir := filepath.Join(dir, "cache")
+	plain := sha256.New()
+	if err := upload(refURL, cacheDir, size, plain); err != nil {
+		return err
+	}
+	want := plain.Sum(nil)
+	bigPath := filepath.Join(cacheDir, folder, "bench.bin.big")
+	fi, err := os.Stat(bigPath)
+	if err != nil {
+		return err
+	}
+	big := fi.Size()
+	if err := warm(bigPath); err != nil {
+		return err
+	}
+
+	// (a) Verification next to the standard tools.
+	ours, err := best(*runs, func() error {
+		c := cache.New(cache.Options{Dir: cacheDir}) // a new process: nothing verified yet
+		p, err := c.Open(folder, "bench.bin")
+		if err != nil {
+			return err
+		}
+		defer p.Close()
+		return c.Verify(p)
+	})
+	if err != nil {
+		return fmt.Errorf("verify: %w", err)
+	}
+	sum, err := best(*runs, func() error { return exec.Command("sha256sum", bigPath).Run() })
+	if err != nil {
+		return fmt.Errorf("sha256sum: %w", err)
+	}
+	dgst, err := best(*runs, func() error { return exec.Command("openssl", "dgst", "-sha256", bigPath).Run() })
+	if err != nil {
+		return fmt.Errorf("openssl dgst: %w", err)
+	}
+
+	// (b) The first /load after a restart (verifies) next to the second (verified).
+	bin, err := benchenv.BuildLoader(dir)
+	if err != nil {
+		return err
+	}
+	var firsts, seconds []time.Duration
+	for range *runs {
+		first, second, err := twoLoads(bin, refURL, cacheDir, want)
+		if err != nil {
+			return err
+		}
+		firsts, seconds = append(firsts, first), append(seconds, second)
+	}
+	first, second := slices.Min(firsts), slices.Min(seconds)
+
+	mibps := func(d time.Duration) float64 { return float64(big) / (1 << 20) / d.Seconds() }
+	fmt.Printf("### Cache verification: SHA-256 of a cached big part (%s)\n\n", bytesize.Format(big))
+	fmt.Println("| figure | ours | baseline (same run) | ratio |")
+	fmt.Println("|---|---|---|---|")
+	fmt.Printf("| verify throughput, page cache warm | %.0f MiB/s (`Cache.Verify`) | %.0f MiB/s (`sha256sum`) | %.2f× |\n", mibps(ours), mibps(sum), mibps(ours)/mibps(sum))
+	fmt.Printf("| verify throughput, page cache warm | %.0f MiB/s (`Cache.Verify`) | %.0f MiB/s (`openssl dgst -sha256`) | %.2f× |\n", mibps(ours), mibps(dgst), mibps(ours)/mibps(dgst))
+	fmt.Printf("| first /load of the cached part after a restart (verifies it) | %.3f s | %.3f s (second /load: verified) | %.2f× (+%.3f s) |\n",
+		first.Seconds(), second.Seconds(), first.Seconds()/second.Seconds(), (first - second).Seconds())
+	fmt.Printf("\nBest of %d runs; the loader is the built binary as a process, the client hashes each body and checks it. %s\n", *runs, benchenv.Machine())
+	return nil
+}
+
+// upload puts a resource of size pseudo-random bytes on the reference API and into cacheDir,
+// through the loader's own upload path; plain gets the plaintext.
+func upload(refURL, cacheDir string, size int64, plain io.Writer) error {
+	api, err := resourceapi.New(refURL, hardware.Fingerprint("/"), resourceapi.Options{})
+	if err != nil {
+		return err
+	}
+	if err := api.Login(context.Background(), benchenv.Email, benchenv.Password); err != nil {
+		return err
+	}
+	s, err := resources.New(api, resources.Options{CacheDir: cacheDir,
+		NewStore: func(cdn.Config) (resources.Store, error) { return nowhere{}, nil }})
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	src := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{'v'}), size), plain)
+	return s.Upload(context.Background(), folder, "bench.bin", src)
+}
+
+// nowhere is a CDN that takes uploads and keeps nothing: the benchmark reads from the cache.
+type nowhere struct{}
+
+func (nowhere) Stat(context.Context, string, string) (cdn.Object, error) {
+	return cdn.Object{}, cdn.ErrNotFound
+}
+
+func (nowhere) DownloadFrom(context.Context, string, string, io.Writer, cdn.Resume) (int64, error) {
+	return 0, cdn.ErrNotFound
+}
+
+func (nowhere) Upload(context.Context, string, string, io.ReaderAt, int64, map[string]string) error {
+	return nil
+}
+
+// warm reads the file once, so every measurement finds it in the page cache.
+func warm(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(io.Discard, f)
+	return err
+}
+
+// best runs fn n times and returns the shortest time.
+func best(n int, fn func() error) (time.Duration, error) {
+	var out time.Duration
+	for i := range n {
+		t0 := time.Now()
+		if err := fn(); err != nil {
+			return 0, err
+		}
+		if d := time.Since(t0); i == 0 || d < out {
+			out = d
+		}
+	}
+	return out, nil
+}
+
+// twoLoads starts a loader, logs in and times two /loads of the part, checking each body.
+func twoLoads(bin, refURL, cacheDir string, want []byte) (first, second time.Duration, err error) {
+	l, err := benchenv.StartLoader(bin, "RESOURCE_API_URL="+refURL, "MODEL_CACHE_DIR="+cacheDir)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer l.Kill()
+	if err := l.Login(); err != nil {
+		return 0, 0, err
+	}
+	load := func() (time.Duration, error) {
+		h := sha256.New()
+		t0 := time.Now()
+		code, body, err := l.Post(context.Background(), "/load/bench.bin", `{"folder":"`+folder+`"}`, h)
+		d := time.Since(t0)
+		switch {
+		case err != nil:
+			return 0, err
+		case code != 200:
+			return 0, fmt.Errorf("/load: %d %s", code, body)
+		case !bytes.Equal(h.Sum(nil), want):
+			return 0, fmt.Errorf("/load answered other bytes than were uploaded")
+		}
+		return d, nil
+	}
+	if first, err = load(); err != nil {
+		return 0, 0, err
+	}
+	second, err = load()
+	return first, second, err
+}
