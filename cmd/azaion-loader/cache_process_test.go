@@ -630,13 +630,22 @@ func TestUploadCDNFrozen(t *testing.T) {
 					t.Errorf("the upload took %v to end, want within CDN_STALL_TIMEOUT %v plus a margin", took, stall)
 				}
 			}
-			waitUntil(t, 2*stall+20*time.Second, "the upload's temp file, goroutines and descriptors freed", func() bool {
+			var left string
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("left: %s\nloader's log:\n%s", left, p.stderr.String())
+				}
+			})
+			waitUntil(t, 2*stall+40*time.Second, "the upload's temp file, goroutines and descriptors freed", func() bool {
+				var temps []string
 				for _, f := range walkFiles(cacheDir) {
 					if strings.Contains(f, name) {
-						return false
+						temps = append(temps, f)
 					}
 				}
-				return goroutines() <= baseG && p.fds(t) <= baseFD
+				g, fd := goroutines(), p.fds(t)
+				left = fmt.Sprintf("files %q, goroutines %v (before %v), descriptors %d (before %d)", temps, g, baseG, fd, baseFD)
+				return len(temps) == 0 && g <= baseG && fd <= baseFD
 			})
 			t.Logf("freed %v after the freeze", time.Since(frozen).Round(time.Millisecond))
 			testenv.ResumeMinIO(t)
