@@ -192,6 +192,9 @@ func (s *Service) download(ctx context.Context, fl *flight, n need) error {
 			s.log.Info("resuming a partial download", "folder", n.k.Folder, "name", n.k.Name,
 				"offset", p.Offset(), "size", obj.Size)
 		}
+		if p.Offset() == obj.Size {
+			break // complete before the restart, not yet renamed into place
+		}
 		got, err := st.DownloadFrom(ctx, n.k.Folder, object, w, cdn.Resume{Offset: p.Offset(), ETag: obj.ETag})
 		s.obs.CDNDownloaded(got)
 		if errors.Is(err, cdn.ErrChanged) && !restarted {

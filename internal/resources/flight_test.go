@@ -16,6 +16,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/azaion/loader/internal/cache"
 	"github.com/azaion/loader/internal/cdn"
 	"github.com/azaion/loader/internal/resources"
 )
@@ -253,4 +254,30 @@ func readResource(t *testing.T, s *resources.Service, name string) []byte {
 		t.Errorf("read %s: %v", name, err)
 	}
 	return b
+}
+
+// TestCompletePartial: a partial download that was complete when the loader stopped (all its
+// bytes durable, not yet renamed into place) is committed without asking the CDN for more.
+func TestCompletePartial(t *testing.T) {
+	w := newMemWorld(t, "m")
+	dir := t.TempDir()
+	big := w.store.objs["models/m.big"]
+	p, err := cache.New(cache.Options{Dir: dir}).OpenPartial("models", "m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Begin(int64(len(big)), "1"); err != nil { // memStore's first ETag
+		t.Fatal(err)
+	}
+	if _, err := p.Write(big); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(true); err != nil {
+		t.Fatal(err)
+	}
+	s := w.service(t, dir, nil)
+	wantSame(t, "from the complete partial", readResource(t, s, "m"), w.data["m"])
+	if n := w.store.gets["models/m.big"]; n != 0 {
+		t.Errorf("%d downloads of a part that was all on disk", n)
+	}
 }
