@@ -90,7 +90,7 @@ func TestPrefetchFolderProcess(t *testing.T) {
 	p.login(t)
 	var st cacheStatus
 	waitUntil(t, time.Minute, "3 parts cached by prefetch", func() bool {
-		_, body := p.call(t, "GET", "/cache", "", nil)
+		_, body := p.send(t, "GET", "/cache", "", nil)
 		st = cacheStatus{}
 		json.Unmarshal(body, &st)
 		cached := 0
@@ -177,7 +177,7 @@ func TestUploadMemory(t *testing.T) {
 			})
 		}
 		wg.Wait()
-		hwm := p.status(t, "VmHWM")
+		hwm := p.vmStatus(t, "VmHWM")
 		t.Logf("%2d concurrent 40 MiB uploads: peak RSS %.1f MiB", n, float64(hwm)/(1<<20))
 		p.cmd.Process.Signal(syscall.SIGTERM)
 		<-p.done
@@ -204,7 +204,7 @@ func TestUploadPartsKilled(t *testing.T) {
 	proxy := newCDNProxy(t, m)
 	cdn := cdnThrough(m, proxy.URL)
 	apiAddr, apiData := freeAddr(t), filepath.Join(t.TempDir(), "data")
-	api := startRefAPI(t, apiAddr, apiData, cdn)
+	api := startRefAPIOn(t, apiAddr, apiData, cdn)
 	p := startProcess(t, "RESOURCE_API_URL=http://"+apiAddr, "MODEL_CACHE_DIR="+t.TempDir(), "LOG_DIR="+t.TempDir(),
 		"CDN_STALL_TIMEOUT=5s")
 	p.login(t)
@@ -238,7 +238,7 @@ func TestUploadPartsKilled(t *testing.T) {
 		if code == http.StatusOK {
 			t.Fatal("an upload whose Resource API was killed answered 200")
 		}
-		startRefAPI(parent, apiAddr, apiData, cdn) // for the next subtest too
+		startRefAPIOn(parent, apiAddr, apiData, cdn) // for the next subtest too
 		if code, body := p.upload(t, context.Background(), folder, "a.bin", content); code != http.StatusOK {
 			t.Fatalf("retry after the Resource API came back: %d %s", code, body)
 		}
@@ -292,7 +292,7 @@ func TestUploadCDNFrozen(t *testing.T) {
 			}()
 			codec := make(chan int, 1)
 			go func() {
-				code, _ := p.callCtx(t, ctx, "POST", "/upload/"+name, "multipart/form-data; boundary="+testBoundary, pr)
+				code, _ := p.sendCtx(t, ctx, "POST", "/upload/"+name, "multipart/form-data; boundary="+testBoundary, pr)
 				codec <- code
 			}()
 			<-sent

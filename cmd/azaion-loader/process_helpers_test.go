@@ -35,13 +35,13 @@ import (
 // loader, so the loader's goroutines and descriptors can be compared before and after.
 var noKeepAlive = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 
-// call sends a request to the process and returns the status and body.
-func (p *process) call(t *testing.T, method, path, ctype string, body io.Reader) (int, []byte) {
+// send sends a request to the process and returns the status and body.
+func (p *process) send(t *testing.T, method, path, ctype string, body io.Reader) (int, []byte) {
 	t.Helper()
-	return p.callCtx(t, context.Background(), method, path, ctype, body)
+	return p.sendCtx(t, context.Background(), method, path, ctype, body)
 }
 
-func (p *process) callCtx(t *testing.T, ctx context.Context, method, path, ctype string, body io.Reader) (int, []byte) {
+func (p *process) sendCtx(t *testing.T, ctx context.Context, method, path, ctype string, body io.Reader) (int, []byte) {
 	t.Helper()
 	req, err := http.NewRequestWithContext(ctx, method, p.url+path, body)
 	if err != nil {
@@ -62,14 +62,14 @@ func (p *process) callCtx(t *testing.T, ctx context.Context, method, path, ctype
 func (p *process) login(t *testing.T) {
 	t.Helper()
 	creds := fmt.Sprintf(`{"email":%q,"password":%q}`, testEmail, testPassword)
-	if code, body := p.call(t, "POST", "/login", "application/json", strings.NewReader(creds)); code != http.StatusOK {
+	if code, body := p.send(t, "POST", "/login", "application/json", strings.NewReader(creds)); code != http.StatusOK {
 		t.Fatalf("login: %d %s", code, body)
 	}
 }
 
 func (p *process) load(t *testing.T, folder, name string) (int, []byte) {
 	t.Helper()
-	return p.call(t, "POST", "/load/"+name, "application/json", strings.NewReader(`{"folder":"`+folder+`"}`))
+	return p.send(t, "POST", "/load/"+name, "application/json", strings.NewReader(`{"folder":"`+folder+`"}`))
 }
 
 // upload streams content to /upload/{name} and returns the status and body.
@@ -77,13 +77,13 @@ func (p *process) upload(t *testing.T, ctx context.Context, folder, name string,
 	t.Helper()
 	pr, pw := io.Pipe()
 	go multipartWriter(pw, folder, name, content)()
-	return p.callCtx(t, ctx, "POST", "/upload/"+name, "multipart/form-data; boundary="+testBoundary, pr)
+	return p.sendCtx(t, ctx, "POST", "/upload/"+name, "multipart/form-data; boundary="+testBoundary, pr)
 }
 
 // metrics returns the process's /metrics samples by series.
 func (p *process) metrics(t *testing.T) map[string]float64 {
 	t.Helper()
-	code, body := p.call(t, "GET", "/metrics", "", nil)
+	code, body := p.send(t, "GET", "/metrics", "", nil)
 	if code != http.StatusOK {
 		t.Fatalf("/metrics: %d", code)
 	}
@@ -110,8 +110,8 @@ func (p *process) metrics(t *testing.T) map[string]float64 {
 	return out
 }
 
-// status reads a "Key:   N kB" line of /proc/PID/status, in bytes.
-func (p *process) status(t *testing.T, key string) int64 {
+// vmStatus reads a "Key:   N kB" line of /proc/PID/status, in bytes.
+func (p *process) vmStatus(t *testing.T, key string) int64 {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
 	if err != nil {
@@ -276,30 +276,19 @@ func cdnThrough(m testenv.MinIOServer, host string) *refapi.CDNSettings {
 		UploaderAccessKey: m.AccessKey, UploaderAccessSecret: m.SecretKey}
 }
 
-// refapiProcess is cmd/azaion-refapi running as a process on a fixed port.
-type refapiProcess struct {
+// refapiOn is cmd/azaion-refapi running as a process on a fixed port.
+type refapiOn struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 }
 
-var (
-	refapiOnce sync.Once
-	refapiBin  string
-)
-
 // startRefAPI runs the reference API binary on addr with the test account, data in dataDir
 // and cdn.yaml pointing at cdn.
-func startRefAPI(t *testing.T, addr, dataDir string, cdn *refapi.CDNSettings) *refapiProcess {
+func startRefAPIOn(t *testing.T, addr, dataDir string, cdn *refapi.CDNSettings) *refapiOn {
 	t.Helper()
-	refapiOnce.Do(func() {
-		refapiBin = filepath.Join(filepath.Dir(binary(t)), "azaion-refapi")
-		if out, err := exec.Command("go", "build", "-o", refapiBin, "../azaion-refapi").CombinedOutput(); err != nil {
-			t.Fatalf("go build azaion-refapi: %v\n%s", err, out)
-		}
-	})
 	users := filepath.Join(dataDir, "..", "users.yaml")
 	os.WriteFile(users, fmt.Appendf(nil, "- email: %s\n  password: %q\n  role: ResourceUploader\n", testEmail, testPassword), 0o600)
-	cmd := exec.Command(refapiBin, "--listen", addr, "--users", users, "--data", dataDir)
+	cmd := exec.Command(refapiBinary(t), "--listen", addr, "--users", users, "--data", dataDir)
 	cmd.Env = append(os.Environ(), "AZAION_REFAPI_CDN_HOST="+cdn.Host,
 		"AZAION_REFAPI_CDN_DOWNLOADER_KEY="+cdn.DownloaderAccessKey, "AZAION_REFAPI_CDN_DOWNLOADER_SECRET="+cdn.DownloaderAccessSecret,
 		"AZAION_REFAPI_CDN_UPLOADER_KEY="+cdn.UploaderAccessKey, "AZAION_REFAPI_CDN_UPLOADER_SECRET="+cdn.UploaderAccessSecret)
@@ -307,7 +296,7 @@ func startRefAPI(t *testing.T, addr, dataDir string, cdn *refapi.CDNSettings) *r
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	r := &refapiProcess{cmd: cmd, done: make(chan struct{})}
+	r := &refapiOn{cmd: cmd, done: make(chan struct{})}
 	go func() { cmd.Wait(); close(r.done) }()
 	t.Cleanup(func() { cmd.Process.Kill(); <-r.done })
 	line, err := bufio.NewReader(stdout).ReadString('\n')
