@@ -267,6 +267,10 @@ func TestUploadPartsKilled(t *testing.T) {
 func TestUploadCDNFrozen(t *testing.T) {
 	const stall = 3 * time.Second
 	e := newTestEnv(t, envOptions{minio: true})
+	// Take the exclusive fault lock now (a pause waits for other packages' MinIO tests to end):
+	// the pause below must come at once, before the loader has sent its 64 MiB.
+	testenv.PauseMinIO(t)
+	testenv.ResumeMinIO(t)
 	folder := folderFor(t)
 	cacheDir := t.TempDir()
 	p := startProcess(t, "RESOURCE_API_URL="+e.refSrv.URL, "MODEL_CACHE_DIR="+cacheDir, "LOG_DIR="+t.TempDir(),
@@ -296,7 +300,9 @@ func TestUploadCDNFrozen(t *testing.T) {
 				codec <- code
 			}()
 			<-sent
-			// The loader has written the whole big part to its cache: what is left is the CDN's.
+			// The loader has written the whole big part to its cache: what is left is the CDN's
+			// (the freeze comes before or while the loader sends it; either way the CDN takes
+			// nothing more).
 			bigSize := int64(encryptedLen(len(content)) - 3072)
 			waitUntil(t, time.Minute, "the big part in the cache's temp file", func() bool {
 				for _, f := range walkFiles(cacheDir) {
