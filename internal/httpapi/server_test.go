@@ -277,6 +277,8 @@ func TestLoadInvalid(t *testing.T) {
 		{`{"folder":".git"}`, "folder must not start with a dot"},
 		{`{"folder":"a\u0000b"}`, "folder must be a name"},
 		{`{"folder":"` + strings.Repeat("f", 256) + `"}`, "longer than 255"},
+		{`{"folder":"mod\r\nels"}`, "folder must not contain control characters"},
+		{`{"folder":"mod\u202eels"}`, "folder must not contain bidirectional formatting characters"},
 		{`{"folder":5}`, `"folder" must be a string`},
 		{``, "empty"},
 		{`{`, "not valid JSON"},
@@ -382,7 +384,19 @@ func TestNamesBeforeMux(t *testing.T) {
 		{".hidden", "must not start with a dot"},
 		{"a%00b", "must be a name"},
 		{"", "filename is empty"},
-		{long, "longer than 255"},
+		{long, "longer than 249"},
+		{strings.Repeat("y", 250), "longer than 249"}, // NAME.small would pass 255 bytes upstream
+		{"%ff%fe", "not valid UTF-8"},
+		{"%c0%ae", "not valid UTF-8"},
+		{"%c0%ae%c0%ae", "not valid UTF-8"},
+		{"a%0d%0ab", "control characters"},
+		{"a%0ab", "control characters"},
+		{"a%09b", "control characters"},
+		{"a%7f", "control characters"},
+		{"a%c2%85", "control characters"},
+		{"gpj.%e2%80%aeexe", "bidirectional formatting"},
+		{"a%e2%81%a6b", "bidirectional formatting"},
+		{"a%e2%80%8fb", "bidirectional formatting"},
 	} {
 		for _, prefix := range []string{"/load/", "/upload/"} {
 			status, body := rawRequest(t, addr, "POST", prefix+tc.path, `{"folder":"models"}`)

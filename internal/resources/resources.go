@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
-// ErrInvalidName: a file or folder name that is empty, path-like or too long.
+// ErrInvalidName: a file or folder name that is empty, path-like, too long or unsafe to show.
 var ErrInvalidName = errors.New("invalid name")
 
 // Resource is a decrypted resource being streamed: Size is the exact plaintext length, known
@@ -23,24 +25,53 @@ type Resource struct {
 // MaxNameLen is the longest name accepted, in bytes.
 const MaxNameLen = 255
 
-// ValidateName checks that name is a plain name, not a path: no separators, no "..", no NUL,
-// no leading dot, at most MaxNameLen bytes. what ("filename", "folder") goes into the error.
-// An empty folder is valid only where allowEmpty is true.
+// MaxFileNameLen is the longest file name accepted, in bytes: the file is stored upstream as
+// NAME.small (SPEC §2), and that name must fit in MaxNameLen too.
+const MaxFileNameLen = MaxNameLen - len(".small")
+
+// ValidateName checks that name is a plain name, not a path, and safe to show and store: valid
+// UTF-8, no separators, no "..", no leading dot, no control character (C0, DEL, C1: CR and LF
+// would split a log line) and no bidirectional formatting character (U+202E makes "gpj.exe"
+// read as "exe.jpg"), at most MaxNameLen bytes. what ("filename", "folder") goes into the
+// error; a "filename" may have at most MaxFileNameLen bytes. An empty name is valid only where
+// allowEmpty is true.
 func ValidateName(what, name string, allowEmpty bool) error {
+	limit := MaxNameLen
+	if what == "filename" {
+		limit = MaxFileNameLen
+	}
 	switch {
 	case name == "":
 		if allowEmpty {
 			return nil
 		}
 		return fmt.Errorf("%w: %s is empty", ErrInvalidName, what)
-	case len(name) > MaxNameLen:
-		return fmt.Errorf("%w: %s is longer than %d bytes", ErrInvalidName, what, MaxNameLen)
+	case len(name) > limit:
+		return fmt.Errorf("%w: %s is longer than %d bytes", ErrInvalidName, what, limit)
 	case strings.ContainsAny(name, "/\\\x00"):
 		return fmt.Errorf("%w: %s must be a name, not a path", ErrInvalidName, what)
 	case strings.Contains(name, ".."):
 		return fmt.Errorf("%w: %s must not contain \"..\"", ErrInvalidName, what)
 	case strings.HasPrefix(name, "."):
 		return fmt.Errorf("%w: %s must not start with a dot", ErrInvalidName, what)
+	case !utf8.ValidString(name):
+		// Go's decoder also refuses overlong forms such as C0 AE for ".".
+		return fmt.Errorf("%w: %s is not valid UTF-8", ErrInvalidName, what)
+	}
+	for _, r := range name {
+		switch {
+		case unicode.IsControl(r): // U+0000–U+001F, U+007F–U+009F
+			return fmt.Errorf("%w: %s must not contain control characters (%U)", ErrInvalidName, what, r)
+		case isBidiControl(r):
+			return fmt.Errorf("%w: %s must not contain bidirectional formatting characters (%U)", ErrInvalidName, what, r)
+		}
 	}
 	return nil
+}
+
+// isBidiControl reports the characters that reorder how text is shown: the marks (ALM, LRM,
+// RLM), the embeddings and overrides (LRE…RLO) and the isolates (LRI…PDI).
+func isBidiControl(r rune) bool {
+	return r == '\u061c' || r == '\u200e' || r == '\u200f' ||
+		('\u202a' <= r && r <= '\u202e') || ('\u2066' <= r && r <= '\u2069')
 }

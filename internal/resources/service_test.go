@@ -301,8 +301,8 @@ func TestInvalidNames(t *testing.T) {
 			}
 		}
 	}
-	if err := resources.ValidateName("filename", strings.Repeat("a", resources.MaxNameLen), false); err != nil {
-		t.Errorf("a name of %d bytes: %v", resources.MaxNameLen, err)
+	if err := resources.ValidateName("filename", strings.Repeat("a", resources.MaxFileNameLen), false); err != nil {
+		t.Errorf("a name of %d bytes: %v", resources.MaxFileNameLen, err)
 	}
 	if entries, err := os.ReadDir(s.cache); err != nil || len(entries) != 0 {
 		t.Errorf("cache directory holds %d entries (%v), want none", len(entries), err)
