@@ -209,13 +209,14 @@ func (e *testEnv) assertNoSecrets(extra ...string) {
 	e.checkNoSecrets(e.logs.String()+readDir(e.t, e.cfg.LogDir), extra...)
 }
 
-// checkNoSecrets fails if logs hold any token, or the password, the key fragment, the archive
+// checkNoSecrets fails if logs hold any token, or the email, the password, the key fragment, the archive
 // key, the API key, the hardware fingerprint or its hash, a CDN secret, or one of extra.
 func (e *testEnv) checkNoSecrets(logs string, extra ...string) {
 	e.t.Helper()
 	hw := hardware.Fingerprint("/")
 	secrets := map[string]string{
 		"password":          testPassword,
+		"email":             testEmail, // a credential too (SPEC §7): users are logged by id
 		"key fragment":      fmt.Sprintf("%x", e.fragment),
 		"archive key":       fmt.Sprintf("%x", security.ArchiveKey(e.fragment)),
 		"API key":           security.APIKey(testEmail, testPassword, security.HardwareHash(hw)),

@@ -88,6 +88,35 @@ func TestLoginRejected(t *testing.T) {
 	}
 }
 
+// TestLoginRefusedDevice: the API accepts the credentials but refuses cdn.yaml because the user
+// is bound to other hardware. That is 403 with the API's reason (SPEC §2), not 401 "rejected the
+// credentials": the person at the device must call for a rebinding, not retype a password.
+func TestLoginRefusedDevice(t *testing.T) {
+	e := newTestEnv(t, envOptions{})
+	e.ref.SetHardware(testEmail, "CPU: another device")
+	code, body := e.postJSON("/login", map[string]string{"email": testEmail, "password": testPassword})
+	if code != http.StatusForbidden {
+		t.Fatalf("got %d %s, want 403", code, body)
+	}
+	if d := detail(t, body); !strings.Contains(d, "bound to another device") {
+		t.Errorf("detail %q does not give the API's reason", d)
+	}
+	if e.status().Authenticated {
+		t.Error("/status says authenticated after a refused login")
+	}
+	e.assertNoSecrets("CPU: another device")
+}
+
+// TestLoginLogsUserID: the log names the user by the JWT's nameid, never by the email.
+func TestLoginLogsUserID(t *testing.T) {
+	e := newTestEnv(t, envOptions{})
+	e.login()
+	if !strings.Contains(e.logs.String(), "msg=\"logged in to the resource API\" user=42 role=CompanionPC") {
+		t.Errorf("no login line naming user 42 in the log:\n%s", e.logs.String())
+	}
+	e.assertNoSecrets()
+}
+
 func TestLoginBadRequests(t *testing.T) {
 	e := newTestEnv(t, envOptions{})
 	cases := []struct {

@@ -28,6 +28,10 @@ var (
 	errUnauthenticated = errors.New("missing or invalid bearer token")
 	// errMetricsDisabled: GET /metrics without a Config.Gatherer (404).
 	errMetricsDisabled = errors.New("metrics are not enabled")
+	// errNoRoute: no endpoint has this path (404).
+	errNoRoute = errors.New("no such endpoint")
+	// errMethodNotAllowed: the endpoint exists, not with this method (405).
+	errMethodNotAllowed = errors.New("method not allowed")
 )
 
 // requestError is a problem with the request that this package found. Its message alone is the
@@ -72,6 +76,8 @@ var errorTable = []struct {
 	{cdn.ErrNotFound, http.StatusNotFound, ""},
 	{unlock.ErrArchiveNotFound, http.StatusNotFound, "Encrypted archive not found"},
 	{errMetricsDisabled, http.StatusNotFound, ""},
+	{errNoRoute, http.StatusNotFound, "Not Found"},
+	{errMethodNotAllowed, http.StatusMethodNotAllowed, "Method Not Allowed"},
 	{resourceapi.ErrUnavailable, http.StatusBadGateway, ""},
 	{cdn.ErrUnavailable, http.StatusBadGateway, ""},
 	{cdn.ErrDenied, http.StatusBadGateway, ""},

@@ -87,8 +87,10 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if err := s.auth.Login(r.Context(), c.Email, c.Password); err != nil {
-		if errors.Is(err, resourceapi.ErrUnauthorized) || errors.Is(err, resourceapi.ErrForbidden) {
-			// A fixed answer; the upstream's reason goes to the log only.
+		// Rejected credentials get a fixed answer, the upstream's reason goes to the log only.
+		// A refusal of accepted credentials (ErrForbidden: cdn.yaml refused because the
+		// hardware is bound to another device) is answered 403 with its reason (SPEC §2).
+		if errors.Is(err, resourceapi.ErrUnauthorized) {
 			return fmt.Errorf("%w: %w", errLoginRejected, err)
 		}
 		return err

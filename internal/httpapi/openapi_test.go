@@ -125,7 +125,7 @@ func TestOpenAPI(t *testing.T) {
 var documentedErrors = map[string][]int{
 	"GET /health":             nil,
 	"GET /status":             {401},
-	"POST /login":             {401, 413, 422, 502},
+	"POST /login":             {401, 403, 413, 422, 502},
 	"POST /load/{filename}":   {401, 403, 404, 413, 422, 500, 502, 507},
 	"POST /upload/{filename}": {401, 403, 413, 422, 500, 502, 507},
 	"POST /unlock":            {401, 404, 413, 422},
@@ -250,6 +250,7 @@ func TestOpenAPIAnswers(t *testing.T) {
 
 		{"login", loginReq, ok},
 		{"login rejected", loginReq, fail(resourceapi.ErrUnauthorized)},
+		{"login refused", loginReq, fail(resourceapi.ErrForbidden)},
 		{"login upstream down", loginReq, fail(resourceapi.ErrUnavailable)},
 		{"login bad body", request{"POST", "/login", "application/json", jsonBody(`{}`)}, ok},
 		{"login body too large", request{"POST", "/login", "application/json", jsonBody(tooLarge)}, ok},
@@ -352,14 +353,50 @@ func TestMetricsDisabled(t *testing.T) {
 	wantDetail(t, e.do(t, "GET", "/metrics", "", nil), 404, "metrics are not enabled")
 }
 
-// TestNotFound: unknown paths and methods keep ServeMux's answers.
+// TestNotFound: unknown paths and wrong methods answer JSON as FastAPI did, with the answers
+// the document's components describe; a path the mux cleans is still redirected.
 func TestNotFound(t *testing.T) {
-	e := newEnv(t, nil)
-	if a := e.do(t, "GET", "/nope", "", nil); a.status != 404 {
-		t.Errorf("GET /nope: %d", a.status)
+	doc, err := openapi3.NewLoader().LoadFromData(openAPIDocument(t))
+	if err != nil {
+		t.Fatal(err)
 	}
-	a := e.do(t, "GET", "/login", "", nil)
-	if a.status != http.StatusMethodNotAllowed || a.header.Get("Allow") != "POST" {
-		t.Errorf("GET /login: %d Allow=%q", a.status, a.header.Get("Allow"))
+	e := newEnv(t, nil)
+	for _, tc := range []struct {
+		method, path string
+		status       int
+		detail       string
+		allow        string
+		component    string
+	}{
+		{"GET", "/nope", 404, "Not Found", "", "NotFound"},
+		{"POST", "/load", 404, "Not Found", "", "NotFound"},
+		{"GET", "/unlock/", 404, "Not Found", "", "NotFound"},
+		{"GET", "/login", 405, "Method Not Allowed", "POST", "MethodNotAllowed"},
+		{"DELETE", "/unlock/status", 405, "Method Not Allowed", "GET, HEAD", "MethodNotAllowed"},
+		{"PUT", "/upload/m.onnx", 405, "Method Not Allowed", "POST", "MethodNotAllowed"},
+	} {
+		a := e.do(t, tc.method, tc.path, "", nil)
+		if a.status != tc.status || a.header.Get("Allow") != tc.allow {
+			t.Errorf("%s %s: %d Allow=%q, want %d Allow=%q", tc.method, tc.path, a.status, a.header.Get("Allow"), tc.status, tc.allow)
+			continue
+		}
+		if d := a.detail(t); d != tc.detail {
+			t.Errorf("%s %s: detail %q, want %q", tc.method, tc.path, d, tc.detail)
+		}
+		ref := doc.Components.Responses[tc.component]
+		if ref == nil || ref.Value.Content.Get("application/json") == nil {
+			t.Errorf("the document has no JSON response %s", tc.component)
+		}
+	}
+	// ServeMux's redirect of an unclean path is kept: it is no error.
+	client := *e.ts.Client()
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	resp, err := client.Get(e.ts.URL + "/unlock/./status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 3 || resp.Header.Get("Location") != "/unlock/status" {
+		t.Errorf("GET /unlock/./status: %d Location=%q, want a redirect to /unlock/status", resp.StatusCode, resp.Header.Get("Location"))
 	}
 }

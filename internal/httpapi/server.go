@@ -14,7 +14,8 @@
 //     bucket without a name); "filename" may be omitted or empty, then the path's is used.
 //   - POST /upload: the file is streamed as it arrives, so "folder" must come before the file
 //     part (upload.go says why).
-//   - Unknown paths and wrong methods keep ServeMux's plain-text 404 and 405 (with Allow).
+//   - Unknown paths and wrong methods answer 404 {"detail":"Not Found"} and 405
+//     {"detail":"Method Not Allowed"} (with Allow), FastAPI's words.
 //   - /load/ and /upload/ paths are checked before ServeMux, so an unclean name such as
 //     "/load/.." is 422, never a redirect. With a token configured, 401 comes first.
 package httpapi
@@ -154,7 +155,7 @@ func New(cfg Config) *Server {
 	}
 	// Outermost first: observe (log, metrics) sees every answer, including a recovered panic
 	// and the rejections of the checks inside it.
-	s.handler = s.observe(s.recoverPanic(s.requireToken(s.checkNames(s.mux))))
+	s.handler = s.observe(s.recoverPanic(s.requireToken(s.checkNames(http.HandlerFunc(s.route)))))
 	return s
 }
 

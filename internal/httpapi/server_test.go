@@ -162,7 +162,9 @@ func TestLoginUpstream(t *testing.T) {
 		detail string
 	}{
 		{fmt.Errorf("login: %w (status 400)", resourceapi.ErrUnauthorized), 401, "the resource API rejected the credentials"},
-		{fmt.Errorf("login: %w", resourceapi.ErrForbidden), 401, "the resource API rejected the credentials"},
+		// Accepted credentials, but cdn.yaml refused to this device: 403 with the reason (SPEC §2).
+		{fmt.Errorf("login: fetch cdn.yaml: %w (403 Forbidden: hardware mismatch)", resourceapi.ErrForbidden), 403,
+			"login: fetch cdn.yaml: resource API refused the request (403 Forbidden: hardware mismatch)"},
 		{fmt.Errorf("login: %w: dial tcp: refused", resourceapi.ErrUnavailable), 502, "login: resource API unreachable or broken: dial tcp: refused"},
 		{errors.New("something odd"), 500, "internal error"},
 	} {

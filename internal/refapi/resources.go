@@ -110,7 +110,7 @@ func (s *Server) bindHardware(email, hardware string) bool {
 	}
 	if u.Hardware == "" {
 		u.Hardware = hardware
-		s.log.Info("hardware bound", "email", email) // not the fingerprint: SPEC §7
+		s.log.Info("hardware bound", "user", u.ID) // neither the email nor the fingerprint: SPEC §7
 		return true
 	}
 	return u.Hardware == hardware

@@ -360,9 +360,10 @@ func (c *Client) authenticate(ctx context.Context, email, password string) (*ses
 	return s, nil
 }
 
-// secrets lists what must not leak through an upstream error text while s is in use.
+// secrets lists what must not leak through an upstream error text while s is in use; the
+// email is one (SPEC §7).
 func (c *Client) secrets(s *session) []string {
-	return []string{s.password, s.token, security.APIKey(s.email, s.password, c.hardwareHash),
+	return []string{s.email, s.password, s.token, security.APIKey(s.email, s.password, c.hardwareHash),
 		c.hardware, c.hardwareHash, s.cdn.DownloaderAccessKey, s.cdn.DownloaderAccessSecret,
 		s.cdn.UploaderAccessKey, s.cdn.UploaderAccessSecret}
 }
