@@ -167,7 +167,13 @@ func startProcess(t *testing.T, env ...string) *process {
 // device identity is none unless env sets DEVICE_CONFIG.
 func startServe(t *testing.T, args []string, env ...string) *process {
 	t.Helper()
-	cmd := exec.Command(binary(t), append([]string{"serve"}, args...)...)
+	return startCmd(t, exec.Command(binary(t), append([]string{"serve"}, args...)...), env...)
+}
+
+// startCmd starts cmd, which runs `azaion-loader serve` (perhaps through a wrapper that execs
+// it), as startServe does.
+func startCmd(t *testing.T, cmd *exec.Cmd, env ...string) *process {
+	t.Helper()
 	defaults := []string{"LISTEN_ADDR=127.0.0.1:0", "DEVICE_CONFIG=" + filepath.Join(t.TempDir(), "no-device.conf")}
 	cmd.Env = append(os.Environ(), append(defaults, env...)...)
 	p := &process{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}

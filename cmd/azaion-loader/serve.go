@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -144,6 +145,7 @@ func (l *loader) handler() http.Handler {
 		Unattended:    l.unattended,
 		ModelCacheDir: l.cfg.ModelCacheDir,
 		APIToken:      l.cfg.APIToken,
+		BodyTimeout:   l.cfg.RequestBodyTimeout,
 		Logger:        l.log,
 		Registry:      l.registry,
 		Gatherer:      l.registry,
@@ -170,6 +172,22 @@ func (l *loader) start() error {
 		return fmt.Errorf("model cache %s: %w", l.cfg.ModelCacheDir, err)
 	}
 	return nil
+}
+
+// maxConnections is MAX_CONNECTIONS, or else a bound sized from the open-file limit (which Go
+// raised to its hard limit at start).
+func maxConnections(configured int, log *slog.Logger) int {
+	if configured > 0 {
+		return configured
+	}
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		log.Warn("cannot read the open-file limit; assuming 1024", "err", err)
+		rl.Cur = 1024
+	}
+	n := httpapi.MaxConnsForFDLimit(rl.Cur)
+	log.Info("connection bound", "maxConnections", n, "openFileLimit", rl.Cur)
+	return n
 }
 
 func (l *loader) Close() {
@@ -270,12 +288,16 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 // answer them), the unattended work's goroutine is waited for, and a running unlock is
 // cancelled ("error: interrupted").
 func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler, l *loader) error {
+	lim := httpapi.NewConnLimiter(maxConnections(l.cfg.MaxConnections, l.log), l.log, l.registry)
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
+		ConnState:         lim.ConnState,   // slow and idle clients cannot use up the
+		ConnContext:       lim.ConnContext, // file descriptors: see httpapi.ConnLimiter
 		ErrorLog:          slog.NewLogLogger(l.log.Handler(), slog.LevelWarn),
 	}
+	ln = lim.Listener(ln)
 	l.log.Info("listening", "addr", ln.Addr().String(), "version", version, "resourceAPI", l.cfg.ResourceAPIURL)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

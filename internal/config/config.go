@@ -70,6 +70,11 @@ type Config struct {
 	CDNRateLimit int64
 	// ModelCacheMax caps the model cache, bytes; 0 = no cap (least recently used parts go).
 	ModelCacheMax int64
+	// RequestBodyTimeout: a JSON request body must arrive whole within it, an upload must
+	// deliver at least 1 KiB per RequestBodyTimeout; else 408 (SPEC §2).
+	RequestBodyTimeout time.Duration
+	// MaxConnections bounds the open HTTP connections; 0 sizes it from the open-file limit.
+	MaxConnections int
 }
 
 // setting is one row of the configuration table: a flag, its environment variable and default.
@@ -101,6 +106,17 @@ func size(p func(*Config) *int64) func(*Config, string) error {
 		n, err := ParseBytes(v)
 		if err != nil {
 			return err
+		}
+		*p(c) = n
+		return nil
+	}
+}
+
+func nonNegativeInt(p func(*Config) *int) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return fmt.Errorf("must be a whole number, 0 or more, got %q", v)
 		}
 		*p(c) = n
 		return nil
@@ -229,6 +245,8 @@ var settings = []setting{
 	{"prefetch-interval", "PREFETCH_INTERVAL", "1h", "how often PREFETCH runs again after a login", false, duration(func(c *Config) *time.Duration { return &c.PrefetchInterval })},
 	{"cdn-rate-limit", "CDN_RATE_LIMIT", "", "cap on all CDN downloads together, bytes per second (KiB, MiB suffixes; empty: none)", false, size(func(c *Config) *int64 { return &c.CDNRateLimit })},
 	{"model-cache-max", "MODEL_CACHE_MAX", "", "cap on the model cache's size (KiB, MiB, GiB suffixes; empty: none): least recently used parts nobody reads and PREFETCH does not name are removed", false, size(func(c *Config) *int64 { return &c.ModelCacheMax })},
+	{"request-body-timeout", "REQUEST_BODY_TIMEOUT", "30s", "a JSON request body must arrive whole within this long, an upload body must deliver at least 1 KiB per this long; else 408", false, duration(func(c *Config) *time.Duration { return &c.RequestBodyTimeout })},
+	{"max-connections", "MAX_CONNECTIONS", "0", "bound on open HTTP connections; at the bound, idle and slow ones are closed for new ones (0: half the open-file limit, at most 4096)", false, nonNegativeInt(func(c *Config) *int { return &c.MaxConnections })},
 }
 
 // Names lists the environment variables the configuration reads, in table order.

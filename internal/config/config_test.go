@@ -36,7 +36,8 @@ func TestDefaults(t *testing.T) {
 		UpstreamTimeout: 30 * time.Second, CDNStallTimeout: 30 * time.Second,
 		DeviceConfig: "/etc/azaion/device.conf", TPMDevice: "/dev/tpmrm0", TPMTimeout: 30 * time.Second,
 		RetryMaxDelay: 5 * time.Minute, DockerTimeout: 60 * time.Second,
-		PrefetchInterval: time.Hour,
+		PrefetchInterval:   time.Hour,
+		RequestBodyTimeout: 30 * time.Second,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got %+v\nwant %+v", c, want)
@@ -79,6 +80,9 @@ func TestInvalid(t *testing.T) {
 		{"bad timeout", map[string]string{"UPSTREAM_TIMEOUT": "soon"}, nil, "UPSTREAM_TIMEOUT"},
 		{"zero retry cap", map[string]string{"RETRY_MAX_DELAY": "0s"}, nil, "RETRY_MAX_DELAY"},
 		{"bad docker timeout", nil, []string{"-docker-timeout", "-1s"}, "DOCKER_TIMEOUT"},
+		{"zero body timeout", map[string]string{"REQUEST_BODY_TIMEOUT": "0s"}, nil, "REQUEST_BODY_TIMEOUT"},
+		{"negative connection bound", nil, []string{"-max-connections", "-1"}, "MAX_CONNECTIONS"},
+		{"connection bound not a number", map[string]string{"MAX_CONNECTIONS": "many"}, nil, "MAX_CONNECTIONS"},
 		{"no images", nil, []string{"-docker-images", " , "}, "DOCKER_IMAGES"},
 		{"archive is a dir", nil, []string{"-images-path", dir}, "IMAGES_PATH"},
 		{"archive is a symlink loop", nil, []string{"-images-path", loop}, "IMAGES_PATH"},

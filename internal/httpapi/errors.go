@@ -67,6 +67,7 @@ var errorTable = []struct {
 	{errInvalidRequest, http.StatusUnprocessableEntity, ""},
 	{resources.ErrInvalidName, http.StatusUnprocessableEntity, ""},
 	{errTooLarge, http.StatusRequestEntityTooLarge, ""},
+	{errBodyTimeout, http.StatusRequestTimeout, ""},
 	{errUnauthenticated, http.StatusUnauthorized, ""},
 	{errLoginRejected, http.StatusUnauthorized, "the resource API rejected the credentials"},
 	{resourceapi.ErrNotLoggedIn, http.StatusUnauthorized, "not logged in"},
@@ -107,17 +108,33 @@ func errorStatus(err error) (status int, detail string) {
 
 // writeError is the one place a failure becomes an answer: {"detail": "..."} with the status
 // from errorTable. If the answer had already begun (a download failing mid-stream) nothing can
-// be written any more: the error is only logged, and the short body tells the client.
+// be written any more: the error is only logged, and the short body tells the client. A body
+// that was too slow is answered 408 and the connection closed, whatever the handler made of
+// the error; a client that went away gets no answer and is logged at info level as 499.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	st := stateOf(r)
+	if st.clientGone.Load() {
+		level := slog.LevelInfo
+		if connOf(r.Context()).wasEvicted() {
+			level = slog.LevelDebug
+		}
+		s.log.LogAttrs(r.Context(), level, "client went away",
+			slog.String("method", r.Method), slog.String("route", r.Pattern),
+			slog.Int("status", statusClientGone), slog.String("error", err.Error()))
+		return
+	}
 	if sw, ok := w.(*statusWriter); ok && sw.status != 0 {
 		s.log.LogAttrs(r.Context(), slog.LevelError, "response aborted",
 			slog.String("method", r.Method), slog.String("route", r.Pattern),
 			slog.Int("status", sw.status), slog.String("error", err.Error()))
 		return
 	}
+	if st.timedOut.Load() && !errors.Is(err, errBodyTimeout) {
+		err = fmt.Errorf("%w: %w", &requestError{errBodyTimeout, "the request body was too slow"}, err)
+	}
 	status, detail := errorStatus(err)
 	level := slog.LevelInfo
-	if status >= 500 && r.Context().Err() == nil { // not merely a client that went away
+	if status >= 500 {
 		level = slog.LevelError
 	}
 	s.log.LogAttrs(r.Context(), level, "request failed",
@@ -125,6 +142,10 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		slog.Int("status", status), slog.String("error", err.Error()))
 	if errors.Is(err, errUnauthenticated) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="azaion-loader"`)
+	}
+	if status == http.StatusRequestTimeout {
+		// The rest of the body may still trickle in: the connection cannot be reused.
+		w.Header().Set("Connection", "close")
 	}
 	writeJSON(w, status, errorBody{Detail: detail})
 }

@@ -133,6 +133,12 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 
+func (s *syncBuffer) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b.Reset()
+}
+
 func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -152,6 +158,12 @@ type env struct {
 // newEnv starts a server on fakes; edit adjusts the Config before New.
 func newEnv(t *testing.T, edit func(*httpapi.Config)) *env {
 	t.Helper()
+	return newEnvWith(t, edit, nil)
+}
+
+// newEnvWith is newEnv; server, when not nil, adjusts the test server before it starts.
+func newEnvWith(t *testing.T, edit func(*httpapi.Config), server func(*httptest.Server)) *env {
+	t.Helper()
 	e := &env{
 		auth: &fakeAuth{},
 		res:  &fakeResources{},
@@ -170,7 +182,11 @@ func newEnv(t *testing.T, edit func(*httpapi.Config)) *env {
 	}
 	e.token = cfg.APIToken
 	e.srv = httpapi.New(cfg)
-	e.ts = httptest.NewServer(e.srv)
+	e.ts = httptest.NewUnstartedServer(e.srv)
+	if server != nil {
+		server(e.ts)
+	}
+	e.ts.Start()
 	t.Cleanup(e.ts.Close)
 	return e
 }

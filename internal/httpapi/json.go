@@ -27,6 +27,8 @@ func (s *Server) decodeJSON(w http.ResponseWriter, r *http.Request, v any) error
 		synErr  *json.SyntaxError
 	)
 	switch {
+	case errors.Is(err, errBodyTimeout) || errors.Is(err, errClientGone):
+		return err
 	case errors.As(err, &maxErr):
 		return tooLarge("the request body is over the limit of %d bytes", maxErr.Limit)
 	case err == io.EOF:

@@ -12,9 +12,11 @@ import (
 	"github.com/azaion/loader/internal/resources"
 )
 
-// statusWriter records the status and the body size of an answer.
+// statusWriter records the status and the body size of an answer, and whether the client went
+// away (a write failed).
 type statusWriter struct {
 	http.ResponseWriter
+	st     *requestState
 	status int // 0 until the header is written
 	bytes  int64
 }
@@ -32,6 +34,10 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 	}
 	n, err := w.ResponseWriter.Write(b)
 	w.bytes += int64(n)
+	if err != nil {
+		w.st.clientGone.Store(true)
+		err = fmt.Errorf("%w: %w", errClientGone, err)
+	}
 	return n, err
 }
 
@@ -40,22 +46,31 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // observe logs one line per request and counts it in the metrics. It logs the method, the path,
 // the route pattern, the status, the body size and the duration: never a body, a query or a
-// header (the bearer token lives in one).
+// header (the bearer token lives in one). A request whose client went away before its answer
+// was complete counts as 499, at info level: the service did nothing wrong. observe also
+// detaches the request from the connection's fate and guards its body (see detach).
 func (s *Server) observe(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		sw := &statusWriter{ResponseWriter: w}
+		st := &requestState{}
+		sw := &statusWriter{ResponseWriter: w, st: st}
+		r, undetach := s.detach(w, r, st, start)
+		defer undetach()
 		defer func() {
 			// After a recovered panic that could not be answered (see recoverPanic), the
 			// panic goes on to net/http, which cuts the connection; it is still logged here.
 			d := time.Since(start)
 			status := sw.status
-			if status == 0 {
+			switch {
+			case st.clientGone.Load():
+				status = statusClientGone
+			case status == 0:
 				status = http.StatusOK
 			}
 			route := s.routeOf(r)
 			level := slog.LevelInfo
-			if quietRoutes[route] && status < 400 {
+			if quietRoutes[route] && status < 400 || connOf(r.Context()).wasEvicted() {
+				// Evictions come by the hundred under a flood; ConnLimiter logs them in sum.
 				level = slog.LevelDebug
 			}
 			s.log.LogAttrs(r.Context(), level, "request",

@@ -25,6 +25,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/azaion/loader/internal/resources"
 	"github.com/azaion/loader/internal/unattended"
@@ -49,8 +50,9 @@ type Auth interface {
 // Resources downloads and uploads model resources (SPEC §5).
 type Resources interface {
 	// Open starts the download of folder/name. The Resource's Size is exact and known before the
-	// first byte; the caller closes it. ctx is the request's: it is cancelled when the client goes
-	// away, and reads from the Resource should then fail.
+	// first byte; the caller closes it. ctx carries the request's values but is not cancelled
+	// when the client goes away (a client that half-closed still wants its answer): a client
+	// that is gone makes the next write of the answer fail, which ends the stream.
 	Open(ctx context.Context, folder, name string) (*resources.Resource, error)
 	// Upload stores the content of r as folder/name. It reads r to EOF before it commits
 	// anything: an error from r (including one httpapi injects to reject the request) must make
@@ -100,6 +102,10 @@ type Config struct {
 	// MaxJSONBody bounds JSON request bodies (and the non-file fields of an upload); larger
 	// ones are answered 413. 0 means DefaultMaxJSONBody.
 	MaxJSONBody int64
+	// BodyTimeout: a JSON body must arrive whole within it, an upload body must deliver at
+	// least MinUploadProgress bytes per BodyTimeout; else 408. 0 means DefaultBodyTimeout.
+	// It works on any http.Server (it sets the connection's read deadline).
+	BodyTimeout time.Duration
 
 	// Registry, when not nil, receives the request counter and latency histogram.
 	Registry prometheus.Registerer
@@ -116,6 +122,7 @@ type Server struct {
 
 	modelCacheDir string
 	maxJSONBody   int64
+	bodyTimeout   time.Duration
 	tokenHash     []byte // SHA-256 of Config.APIToken; nil when no token is required
 	log           *slog.Logger
 	metrics       *metrics // nil when Config.Registry is nil
@@ -134,12 +141,16 @@ func New(cfg Config) *Server {
 		unattend:      cfg.Unattended,
 		modelCacheDir: cfg.ModelCacheDir,
 		maxJSONBody:   cfg.MaxJSONBody,
+		bodyTimeout:   cfg.BodyTimeout,
 		log:           cfg.Logger,
 		gatherer:      cfg.Gatherer,
 		mux:           http.NewServeMux(),
 	}
 	if s.maxJSONBody <= 0 {
 		s.maxJSONBody = DefaultMaxJSONBody
+	}
+	if s.bodyTimeout <= 0 {
+		s.bodyTimeout = DefaultBodyTimeout
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)

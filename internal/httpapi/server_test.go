@@ -310,16 +310,19 @@ func TestLoadShortResource(t *testing.T) {
 }
 
 // TestLoadClientGone: a client that hangs up mid-download stops the copy and the resource is
-// closed, both when the resource has bytes at hand and when its Read waits (on the CDN).
+// closed, both when the resource has bytes at hand and when its Read waits (on the CDN) and
+// then goes on: the write of those bytes fails. (The request's context is not what ends it:
+// a client that only half-closed still wants the rest, see TestHalfClosedClientGetsItsAnswer.)
 func TestLoadClientGone(t *testing.T) {
 	for _, blocking := range []bool{false, true} {
 		t.Run(fmt.Sprint("blocking=", blocking), func(t *testing.T) {
 			e := newEnv(t, nil)
 			rec := newCloseRecorder(nil)
+			resume := make(chan struct{})
 			e.res.open = func(ctx context.Context, _, _ string) (*resources.Resource, error) {
 				var r io.Reader = pattern(1 << 40)
 				if blocking {
-					r = io.MultiReader(pattern(1<<20), ctxBlocker{ctx})
+					r = io.MultiReader(pattern(1<<20), waitReader{resume}, pattern(1<<40))
 				}
 				rec.Reader = r
 				return &resources.Resource{Size: 1 << 40, ReadCloser: rec}, nil
@@ -332,6 +335,7 @@ func TestLoadClientGone(t *testing.T) {
 				t.Fatal(err)
 			}
 			resp.Body.Close() // mid-body: the transport drops the connection
+			close(resume)
 			select {
 			case <-rec.closed:
 			case <-time.After(10 * time.Second):
@@ -341,12 +345,13 @@ func TestLoadClientGone(t *testing.T) {
 	}
 }
 
-// ctxBlocker is a Read that waits for ctx, as a stalled CDN download does.
-type ctxBlocker struct{ ctx context.Context }
+// waitReader is a Read that waits until ch is closed, as a stalled CDN download does, then
+// ends its part of a MultiReader.
+type waitReader struct{ ch chan struct{} }
 
-func (b ctxBlocker) Read([]byte) (int, error) {
-	<-b.ctx.Done()
-	return 0, b.ctx.Err()
+func (w waitReader) Read([]byte) (int, error) {
+	<-w.ch
+	return 0, io.EOF
 }
 
 // rawRequest sends path as is: Go's client would clean or re-escape it.

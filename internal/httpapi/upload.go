@@ -35,7 +35,7 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) error {
 			return invalid("no file: send it in the form field \"data\"")
 		}
 		if err != nil {
-			return invalid("malformed multipart body: %v", err)
+			return bodyError(err, "malformed multipart body")
 		}
 		switch part.FormName() {
 		case "folder":
@@ -69,7 +69,7 @@ func (s *Server) readField(p *multipart.Part) (string, error) {
 	b, err := io.ReadAll(io.LimitReader(p, s.maxJSONBody+1))
 	switch {
 	case err != nil:
-		return "", invalid("malformed multipart body: %v", err)
+		return "", bodyError(err, "malformed multipart body")
 	case int64(len(b)) > s.maxJSONBody:
 		return "", tooLarge("form field %q is over the limit of %d bytes", p.FormName(), s.maxJSONBody)
 	}
@@ -101,7 +101,7 @@ func (f *filePart) Read(p []byte) (int, error) {
 	case err == io.EOF:
 		err = f.checkRest()
 	case err != nil:
-		err = invalid("reading the file: %v", err)
+		err = bodyError(err, "reading the file")
 	}
 	f.err = err
 	return n, err
@@ -115,7 +115,7 @@ func (f *filePart) checkRest() error {
 			return io.EOF
 		}
 		if err != nil {
-			return invalid("malformed multipart body: %v", err)
+			return bodyError(err, "malformed multipart body")
 		}
 		switch part.FormName() {
 		case "folder":
