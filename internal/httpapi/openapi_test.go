@@ -120,15 +120,16 @@ func TestOpenAPI(t *testing.T) {
 }
 
 // documentedErrors is every failure status each route answers (SPEC §2): its own failures,
-// 413 where it reads a JSON body or form fields (Config.MaxJSONBody), and 401 on every route
+// 413 where it reads a JSON body or form fields (Config.MaxJSONBody), 408 where it reads a
+// body (Config.BodyTimeout), and 401 on every route
 // but GET /health for a missing or wrong bearer token when LOADER_API_TOKEN is set.
 var documentedErrors = map[string][]int{
 	"GET /health":             nil,
 	"GET /status":             {401},
-	"POST /login":             {401, 403, 413, 422, 502},
-	"POST /load/{filename}":   {401, 403, 404, 413, 422, 500, 502, 507},
-	"POST /upload/{filename}": {401, 403, 413, 422, 500, 502, 507},
-	"POST /unlock":            {401, 404, 413, 422},
+	"POST /login":             {401, 403, 408, 413, 422, 502},
+	"POST /load/{filename}":   {401, 403, 404, 408, 413, 422, 500, 502, 507},
+	"POST /upload/{filename}": {401, 403, 408, 413, 422, 500, 502, 507},
+	"POST /unlock":            {401, 404, 408, 413, 422},
 	"GET /unlock/status":      {401},
 	"GET /cache":              {401},
 	"GET /metrics":            {401, 404},
@@ -152,6 +153,7 @@ func TestOpenAPIAnswers(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	e := newEnv(t, func(c *httpapi.Config) {
 		c.MaxJSONBody = 256
+		c.BodyTimeout = 300 * time.Millisecond
 		c.APIToken = token
 		c.Registry, c.Gatherer = reg, reg
 	})
@@ -220,6 +222,10 @@ func TestOpenAPIAnswers(t *testing.T) {
 		}
 	}
 	jsonBody := func(s string) func() io.Reader { return func() io.Reader { return strings.NewReader(s) } }
+	// A body that stops after its first bytes, until the test ends.
+	stalled := make(chan struct{})
+	defer close(stalled)
+	slowBody := func() io.Reader { return io.MultiReader(strings.NewReader(`{"em`), waitReader{stalled}) }
 	upload := func(fields ...field) (string, func() io.Reader) {
 		ct, b := multipartBody(t, fields...)
 		return ct, func() io.Reader { return bytes.NewReader(b.Bytes()) }
@@ -254,6 +260,7 @@ func TestOpenAPIAnswers(t *testing.T) {
 		{"login upstream down", loginReq, fail(resourceapi.ErrUnavailable)},
 		{"login bad body", request{"POST", "/login", "application/json", jsonBody(`{}`)}, ok},
 		{"login body too large", request{"POST", "/login", "application/json", jsonBody(tooLarge)}, ok},
+		{"login body too slow", request{"POST", "/login", "application/json", slowBody}, ok},
 
 		{"load", loadReq, ok},
 		{"load not logged in", loadReq, fail(resourceapi.ErrNotLoggedIn)},
@@ -265,6 +272,7 @@ func TestOpenAPIAnswers(t *testing.T) {
 		{"load no space", loadReq, fail(&cache.SpaceError{Dir: "models", Part: "models/m.big", Need: 20 << 20, Have: 7 << 20})},
 		{"load bad body", request{"POST", "/load/model.onnx", "application/json", jsonBody(`{"folder":"../x"}`)}, ok},
 		{"load body too large", request{"POST", "/load/model.onnx", "application/json", jsonBody(loadTooLarge)}, ok},
+		{"load body too slow", request{"POST", "/load/model.onnx", "application/json", slowBody}, ok},
 
 		{"upload", uploadReq, ok},
 		{"upload not logged in", uploadReq, fail(resourceapi.ErrNotLoggedIn)},
@@ -274,6 +282,7 @@ func TestOpenAPIAnswers(t *testing.T) {
 		{"upload disk full", uploadReq, fail(&cache.SpaceError{Dir: "models", Part: "models/m.big", Written: 8 << 20, Err: syscall.ENOSPC})},
 		{"upload no file", request{"POST", "/upload/model.onnx", noFileCT, noFileBody}, ok},
 		{"upload field too large", request{"POST", "/upload/model.onnx", bigFieldCT, bigFieldBody}, ok},
+		{"upload body too slow", request{"POST", "/upload/model.onnx", uploadCT, slowBody}, ok},
 
 		{"cache", request{"GET", "/cache", "", nil}, func() {
 			e.res.cache = func() (resources.CacheStatus, error) {
@@ -289,6 +298,7 @@ func TestOpenAPIAnswers(t *testing.T) {
 		{"unlock no archive", unlockReq, fail(unlock.ErrArchiveNotFound)},
 		{"unlock bad body", request{"POST", "/unlock", "application/json", jsonBody(`{"email":1}`)}, ok},
 		{"unlock body too large", request{"POST", "/unlock", "application/json", jsonBody(tooLarge)}, ok},
+		{"unlock body too slow", request{"POST", "/unlock", "application/json", slowBody}, ok},
 	} {
 		check(e, tc.name, tc.req, tc.setup)
 	}
