@@ -3,7 +3,7 @@
 # scripts/test.sh — THE test command (`make test` runs it, and so does .ci/run).
 #
 # 1. installs what is missing: Go (from the Go module proxy, only when no go is found), dockerd,
-#    openssl, swtpm and qemu-user-static (apt, only when absent), MinIO and staticcheck (go
+#    openssl, swtpm, qemu-user-static and chromium (apt, only when absent), MinIO and staticcheck (go
 #    install, cached in ${XDG_CACHE_HOME:-$HOME/.cache}/azaion-tools);
 # 2. starts a private dockerd, MinIO and swtpm (a TPM 2.0 simulator) under a fresh temp dir (never
 #    a system daemon) and exports the AZAION_TEST_* variables of internal/testenv;
@@ -123,6 +123,7 @@ command -v openssl >/dev/null || pkgs+=(openssl)
 command -v swtpm >/dev/null || pkgs+=(swtpm)
 command -v swtpm_setup >/dev/null || pkgs+=(swtpm-tools)
 command -v qemu-aarch64-static >/dev/null || pkgs+=(qemu-user-static) # the arm64 kernel's tests
+command -v chromium >/dev/null || pkgs+=(chromium) # the GET /docs page is tested in a real browser
 if ! command -v go >/dev/null && [[ ! -x /usr/local/go/bin/go && ! -x $TOOLS/go/bin/go ]]; then
 	command -v curl >/dev/null || pkgs+=(curl ca-certificates)
 	command -v unzip >/dev/null || pkgs+=(unzip)
@@ -132,7 +133,7 @@ if ((${#pkgs[@]})); then
 	as_root apt-get update -q || fatal "apt-get update failed"
 	as_root apt-get install -y -q --no-install-recommends "${pkgs[@]}" || fatal "apt-get install ${pkgs[*]} failed"
 else
-	note "dockerd, openssl, swtpm and qemu-aarch64-static present"
+	note "dockerd, openssl, swtpm, qemu-aarch64-static and chromium present"
 fi
 command -v dockerd >/dev/null || fatal "dockerd still missing after installing docker.io"
 command -v swtpm >/dev/null || fatal "swtpm still missing after installing swtpm"

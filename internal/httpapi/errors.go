@@ -78,6 +78,7 @@ var errorTable = []struct {
 	{unlock.ErrArchiveNotFound, http.StatusNotFound, "Encrypted archive not found"},
 	{errMetricsDisabled, http.StatusNotFound, ""},
 	{errNoRoute, http.StatusNotFound, "Not Found"},
+	{errNoDocsFile, http.StatusNotFound, ""},
 	{errMethodNotAllowed, http.StatusMethodNotAllowed, "Method Not Allowed"},
 	{resourceapi.ErrUnavailable, http.StatusBadGateway, ""},
 	{cdn.ErrUnavailable, http.StatusBadGateway, ""},

@@ -134,6 +134,8 @@ var documentedErrors = map[string][]int{
 	"GET /cache":              {401},
 	"GET /metrics":            {401, 404},
 	"GET /openapi.json":       {401},
+	"GET /docs":               {401},
+	"GET /docs/{file}":        {401, 404},
 }
 
 // TestOpenAPIAnswers makes the server give every answer its document lists, and checks
@@ -141,6 +143,10 @@ var documentedErrors = map[string][]int{
 // content type and body are what the document says. Every documented status must come up,
 // so the document lists no failure a route cannot answer.
 func TestOpenAPIAnswers(t *testing.T) {
+	// The files of GET /docs are text of other kinds than JSON: compared as strings.
+	for _, ct := range []string{"text/html", "text/css", "text/javascript"} {
+		openapi3filter.RegisterBodyDecoder(ct, openapi3filter.PlainBodyDecoder)
+	}
 	doc, err := openapi3.NewLoader().LoadFromData(openAPIDocument(t))
 	if err != nil {
 		t.Fatal(err)
@@ -253,6 +259,12 @@ func TestOpenAPIAnswers(t *testing.T) {
 		}},
 		{"metrics", request{"GET", "/metrics", "", nil}, nil},
 		{"openapi", request{"GET", "/openapi.json", "", nil}, nil},
+		{"docs", request{"GET", "/docs", "", nil}, nil},
+		{"docs script", request{"GET", "/docs/swagger-ui-bundle.js", "", nil}, nil},
+		{"docs style", request{"GET", "/docs/swagger-ui.css", "", nil}, nil},
+		{"docs init", request{"GET", "/docs/init.js", "", nil}, nil},
+		{"docs licence", request{"GET", "/docs/LICENSE", "", nil}, nil},
+		{"docs unknown file", request{"GET", "/docs/index.html", "", nil}, nil},
 
 		{"login", loginReq, ok},
 		{"login rejected", loginReq, fail(resourceapi.ErrUnauthorized)},

@@ -35,6 +35,8 @@ func (s *Server) routes() []Route {
 		{http.MethodGet, "/cache", s.handle(s.cacheStatus)},
 		{http.MethodGet, "/metrics", s.handleMetrics()},
 		{http.MethodGet, "/openapi.json", s.handle(s.openAPI)},
+		{http.MethodGet, "/docs", s.handle(s.docsPage)},
+		{http.MethodGet, "/docs/{file}", s.handle(s.docsFile)},
 	}
 }
 

@@ -1,9 +1,9 @@
-// Package testenv tells integration tests where the real parts are: dockerd, MinIO, swtpm and
-// openssl.
+// Package testenv tells integration tests where the real parts are: dockerd, MinIO, swtpm,
+// openssl and a headless Chromium.
 //
 // scripts/test.sh installs and starts the parts and exports their addresses. A test that needs a
-// part it cannot find is skipped on a developer's machine, and fails when CI=true: a CI run must
-// never count a skipped integration test as passing.
+// part it cannot find is skipped on a developer's machine, and fails when CI is set (to anything):
+// a CI run must never count a skipped integration test as passing.
 package testenv
 
 import (
@@ -42,11 +42,12 @@ type MinIOServer struct {
 // URL is the endpoint with its scheme, as a cdn.yaml "host" would carry it.
 func (m MinIOServer) URL() string { return "http://" + m.Endpoint }
 
-// Missing skips the test, or fails it under CI=true, because a real part is not available.
+// Missing skips the test, or fails it when CI is set to anything (Woodpecker sets
+// CI=woodpecker, GitHub and GitLab CI=true), because a real part is not available.
 func Missing(t testing.TB, what string) {
 	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s is not available, and CI=true: run the tests through scripts/test.sh", what)
+	if ci := os.Getenv("CI"); ci != "" {
+		t.Fatalf("%s is not available, and CI=%s: run the tests through scripts/test.sh", what, ci)
 	}
 	t.Skipf("%s is not available (run the tests through scripts/test.sh)", what)
 }
@@ -85,6 +86,19 @@ func OpenSSL(t testing.TB) string {
 		Missing(t, "openssl")
 	}
 	return p
+}
+
+// Chromium returns the path of a Chromium (or Chrome) browser that runs headless, for tests of
+// pages served to people (GET /docs).
+func Chromium(t testing.TB) string {
+	t.Helper()
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome", "google-chrome-stable"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	Missing(t, "chromium")
+	return ""
 }
 
 // StopMinIO stops the test MinIO and registers a cleanup that starts it again, so a fault test
