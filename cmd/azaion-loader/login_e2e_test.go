@@ -240,28 +240,6 @@ func TestLoginUpstreamNeverAnswers(t *testing.T) {
 	}
 }
 
-func TestTokenRenewedBeforeExpiry(t *testing.T) {
-	e := newTestEnv(t, envOptions{tokenLifetime: 2 * time.Second})
-	e.login()
-	if err := e.ref.PutResource("models", "hello.txt", strings.NewReader("x")); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(2500 * time.Millisecond) // the first token has expired
-	if _, err := e.loader.api.ListResources(t.Context(), "models"); err != nil {
-		t.Fatalf("call after expiry: %v", err)
-	}
-	if n := e.ref.Calls(refapi.EndpointLogin); n != 2 {
-		t.Fatalf("reference API saw %d logins, want 2 (the first and one renewal)", n)
-	}
-	// Renewed before the call, not after a refused one: the API saw the list call once.
-	if n := e.ref.Calls(refapi.EndpointList); n != 1 {
-		t.Fatalf("reference API saw %d list calls, want 1 (no 401 and repeat)", n)
-	}
-	if !e.status().Authenticated {
-		t.Fatal("not authenticated after renewal")
-	}
-}
-
 func TestUnauthorizedMidSessionReloginsOnce(t *testing.T) {
 	e := newTestEnv(t, envOptions{})
 	e.login()

@@ -47,7 +47,7 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnauthorized, "invalid email or password")
 		return
 	}
-	token, err := s.issue(user, gen, time.Now())
+	token, err := s.issue(user, gen, s.now())
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "cannot issue token")
 		return
@@ -102,6 +102,7 @@ func (s *Server) verify(header string) (User, error) {
 		jwt.WithAudience(Audience),
 		jwt.WithExpirationRequired(),
 		jwt.WithIssuedAt(),
+		jwt.WithTimeFunc(s.now),
 	)
 	if err != nil {
 		if errors.Is(err, jwt.ErrTokenExpired) {

@@ -80,6 +80,10 @@ type Config struct {
 	CDN           CDNSettings
 	Logger        *slog.Logger // nil discards
 	MaxUpload     int64        // bytes; zero means DefaultMaxUpload
+	// Now is the server's clock for issuing and checking tokens; nil means time.Now. Tests
+	// share a settable clock with the client, so a token expires when they say, not after
+	// a sleep.
+	Now func() time.Time
 }
 
 // Server is the reference Resource API; it is an http.Handler. Its methods are safe for
@@ -91,6 +95,7 @@ type Server struct {
 	cdn       CDNSettings
 	log       *slog.Logger
 	maxUpload int64
+	now       func() time.Time
 	mux       *http.ServeMux
 
 	mu          sync.Mutex
@@ -122,6 +127,7 @@ func New(cfg Config) (*Server, error) {
 		cdn:         cfg.CDN,
 		log:         cfg.Logger,
 		maxUpload:   cfg.MaxUpload,
+		now:         cfg.Now,
 		users:       make(map[string]*User, len(cfg.Users)),
 		byID:        make(map[string]*User, len(cfg.Users)),
 		keyFragment: append([]byte(nil), cfg.KeyFragment...),
@@ -134,6 +140,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.lifetime <= 0 {
 		s.lifetime = DefaultTokenLifetime
+	}
+	if s.now == nil {
+		s.now = time.Now
 	}
 	if s.maxUpload <= 0 {
 		s.maxUpload = DefaultMaxUpload

@@ -7,12 +7,14 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -20,6 +22,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/azaion/loader/internal/refapi"
 	"github.com/azaion/loader/internal/security"
 )
 
@@ -106,7 +109,7 @@ func TestExpiresLocally(t *testing.T) {
 }
 
 func TestLoginStoresSession(t *testing.T) {
-	e := newEnv(t, Options{})
+	e := newEnv(t, Options{}, nil)
 	if _, ok := e.client.Session(); ok {
 		t.Fatal("Session ok before login")
 	}
@@ -115,25 +118,47 @@ func TestLoginStoresSession(t *testing.T) {
 	}
 	e.login(t)
 	user, ok := e.client.Session()
-	if want := (User{ID: "user-1", Email: testEmail, Role: Operator}); !ok || user != want {
+	if want := (User{ID: testUserID, Email: testEmail, Role: Operator}); !ok || user != want {
 		t.Fatalf("Session = %+v, %v; want %+v", user, ok, want)
 	}
 	cdn, err := e.client.CDN()
-	want := CDNSettings{Host: "cdn.test:9000", DownloaderAccessKey: "dl-key", DownloaderAccessSecret: "dl-secret-value",
-		UploaderAccessKey: "ul-key", UploaderAccessSecret: "ul-secret-value"}
-	if err != nil || cdn != want {
-		t.Fatalf("CDN = %+v, %v; want %+v", cdn, err, want)
+	if err != nil || cdn != CDNSettings(testCDN) {
+		t.Fatalf("CDN = %+v, %v; want %+v", cdn, err, testCDN)
 	}
-	if n := e.api.count("get"); n != 1 {
+	if n := e.calls(refapi.EndpointGet); n != 1 {
 		t.Errorf("cdn.yaml fetched %d times, want 1", n)
 	}
 }
 
+// TestLoginLogsUserID: the log names the user by the token's nameid, never by the email
+// (SPEC §7 counts the email as a credential), also when the client logs in again by itself.
+func TestLoginLogsUserID(t *testing.T) {
+	e := newEnv(t, Options{}, nil)
+	e.login(t)
+	e.ref.RevokeTokens()
+	if _, err := e.client.KeyFragment(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	logs := e.logs.String()
+	for _, want := range []string{
+		`msg="logged in to the resource API" user=user-1 role=Operator`,
+		`msg="logging in to the resource API again" user=user-1`,
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the log lacks %s:\n%s", want, logs)
+		}
+	}
+	if strings.Contains(logs, testEmail) {
+		t.Errorf("the log names the email:\n%s", logs)
+	}
+}
+
 func TestLoginRejected(t *testing.T) {
+	// Any 4xx but 408 and 429 means "not these credentials".
 	for _, status := range []int{400, 401, 403, 404, 409} {
 		t.Run(fmt.Sprint(status), func(t *testing.T) {
-			e := newEnv(t, Options{})
-			e.api.fail("login", status)
+			e := newEnv(t, Options{}, nil)
+			e.ref.SetFault(refapi.EndpointLogin, status, 1)
 			err := e.client.Login(context.Background(), testEmail, testPassword)
 			if !errors.Is(err, ErrUnauthorized) {
 				t.Fatalf("err = %v, want ErrUnauthorized", err)
@@ -143,18 +168,27 @@ func TestLoginRejected(t *testing.T) {
 			}
 		})
 	}
-	t.Run("wrong password", func(t *testing.T) {
-		e := newEnv(t, Options{})
-		if err := e.client.Login(context.Background(), testEmail, "wrong"); !errors.Is(err, ErrUnauthorized) {
-			t.Fatalf("err = %v, want ErrUnauthorized", err)
-		}
-	})
+	for _, c := range []struct{ name, email, password string }{
+		{"wrong password", testEmail, "wrong"},
+		{"unknown user", "nobody@azaion.test", testPassword},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t, Options{}, nil)
+			err := e.client.Login(context.Background(), c.email, c.password)
+			if !errors.Is(err, ErrUnauthorized) {
+				t.Fatalf("err = %v, want ErrUnauthorized", err)
+			}
+			if !strings.Contains(err.Error(), "invalid email or password") {
+				t.Errorf("err = %q, want the API's reason", err)
+			}
+		})
+	}
 	t.Run("empty password", func(t *testing.T) {
-		e := newEnv(t, Options{})
+		e := newEnv(t, Options{}, nil)
 		if err := e.client.Login(context.Background(), testEmail, ""); !errors.Is(err, ErrUnauthorized) {
 			t.Fatalf("err = %v, want ErrUnauthorized", err)
 		}
-		if n := e.api.count("login"); n != 0 {
+		if n := e.calls(refapi.EndpointLogin); n != 0 {
 			t.Errorf("empty password sent upstream %d times", n)
 		}
 	})
@@ -216,22 +250,29 @@ func TestLoginUnavailable(t *testing.T) {
 }
 
 func TestLoginCDNFailures(t *testing.T) {
+	notYAML := func(w http.ResponseWriter, r *http.Request, ref http.Handler) {
+		if r.URL.Path == "/resources/get" { // only cdn.yaml lives at the top level
+			w.Write(specEncrypt([]byte("host: [unclosed"), specAPIKey(testEmail, testPassword, testHardware)))
+			return
+		}
+		ref.ServeHTTP(w, r)
+	}
 	tests := []struct {
 		name  string
-		setup func(*fakeAPI)
+		setup func(*env)
 		want  error
 	}{
-		{"cdn.yaml missing", func(f *fakeAPI) { f.remove("cdn.yaml") }, ErrUnavailable},
-		{"cdn.yaml forbidden", func(f *fakeAPI) { f.fail("get", 403) }, ErrForbidden},
-		{"cdn.yaml 401", func(f *fakeAPI) { f.fail("get", 401) }, ErrUnauthorized},
-		{"cdn.yaml 500", func(f *fakeAPI) { f.fail("get", 500) }, ErrUnavailable},
-		{"cdn.yaml not YAML", func(f *fakeAPI) { f.put("cdn.yaml", []byte("host: [unclosed")) }, ErrUnavailable},
-		{"cdn.yaml without host", func(f *fakeAPI) { f.put("cdn.yaml", []byte("downloader_access_key: k\n")) }, ErrUnavailable},
+		{"cdn.yaml missing", func(e *env) { e.ref.SetFault(refapi.EndpointGet, 404, 1) }, ErrUnavailable},
+		{"cdn.yaml forbidden", func(e *env) { e.ref.SetFault(refapi.EndpointGet, 403, 1) }, ErrForbidden},
+		{"hardware bound to another device", func(e *env) { e.ref.SetHardware(testEmail, "CPU: another device") }, ErrForbidden},
+		{"cdn.yaml 401", func(e *env) { e.ref.SetFault(refapi.EndpointGet, 401, 1) }, ErrUnauthorized},
+		{"cdn.yaml 500", func(e *env) { e.ref.SetFault(refapi.EndpointGet, 500, 1) }, ErrUnavailable},
+		{"cdn.yaml not YAML", func(e *env) { e.setFault(notYAML) }, ErrUnavailable},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e := newEnv(t, Options{})
-			tt.setup(e.api)
+			e := newEnv(t, Options{}, nil)
+			tt.setup(e)
 			err := e.client.Login(context.Background(), testEmail, testPassword)
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("err = %v, want %v", err, tt.want)
@@ -239,22 +280,22 @@ func TestLoginCDNFailures(t *testing.T) {
 			if _, ok := e.client.Session(); ok {
 				t.Error("a failed login left a session")
 			}
-			if n := e.api.count("login"); n != 1 {
+			if n := e.calls(refapi.EndpointLogin); n != 1 {
 				t.Errorf("%d logins, want 1 (no retry inside Login)", n)
 			}
 		})
 	}
-	t.Run("cdn.yaml encrypted with another key", func(t *testing.T) {
-		e := newEnv(t, Options{})
-		c, err := New(e.srv.URL, "other hardware", Options{})
-		if err != nil {
-			t.Fatal(err)
+	t.Run("cdn.yaml without host", func(t *testing.T) {
+		e := newEnv(t, Options{}, func(c *refapi.Config) { c.CDN.Host = "" })
+		if err := e.client.Login(context.Background(), testEmail, testPassword); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "no host") {
+			t.Fatalf("err = %v, want ErrUnavailable saying there is no host", err)
 		}
-		// The fake refuses other hardware with 403; make it encrypt for other hardware instead
-		// by sending the right fingerprint but deriving the key from another one.
-		c.hardwareHash = security.HardwareHash("not this device")
-		c.hardware = testHardware
-		err = c.Login(context.Background(), testEmail, testPassword)
+	})
+	t.Run("cdn.yaml encrypted with another key", func(t *testing.T) {
+		e := newEnv(t, Options{}, nil)
+		// The client sends the right fingerprint but derives its key from another one.
+		e.client.hardwareHash = security.HardwareHash("not this device")
+		err := e.client.Login(context.Background(), testEmail, testPassword)
 		if !errors.Is(err, ErrUnavailable) || !errors.Is(err, security.ErrWrongKey) {
 			t.Fatalf("err = %v, want ErrUnavailable and security.ErrWrongKey", err)
 		}
@@ -264,29 +305,36 @@ func TestLoginCDNFailures(t *testing.T) {
 // A failed Login leaves the client as it was: a mistyped password or a network failure does
 // not log a working device out.
 func TestFailedLoginKeepsSession(t *testing.T) {
-	e := newEnv(t, Options{})
+	e := newEnv(t, Options{}, nil)
 	e.login(t)
 	if err := e.client.Login(context.Background(), "someone@else", "wrong"); !errors.Is(err, ErrUnauthorized) {
 		t.Fatalf("err = %v, want ErrUnauthorized", err)
 	}
-	e.api.fail("login", 503)
+	e.ref.SetFault(refapi.EndpointLogin, 503, 1)
 	if err := e.client.Login(context.Background(), testEmail, testPassword); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("err = %v, want ErrUnavailable", err)
 	}
 	if u, ok := e.client.Session(); !ok || u.Email != testEmail {
 		t.Fatalf("Session = %+v, %v; want the first login's", u, ok)
 	}
-	e.api.put("models/a", []byte("A"))
+	putResource(t, e, "models", "a", "A")
 	if _, err := e.client.GetResource(context.Background(), "models", "a"); err != nil {
 		t.Fatalf("GetResource after failed logins: %v", err)
 	}
-	if n := e.api.count("login"); n != 3 {
+	if n := e.calls(refapi.EndpointLogin); n != 3 {
 		t.Errorf("%d logins, want 3 (the old session's token still works)", n)
 	}
 }
 
+func putResource(t *testing.T, e *env, folder, name, content string) {
+	t.Helper()
+	if err := e.ref.PutResource(folder, name, strings.NewReader(content)); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestNotLoggedIn(t *testing.T) {
-	e := newEnv(t, Options{})
+	e := newEnv(t, Options{}, nil)
 	ctx := context.Background()
 	_, err1 := e.client.GetResource(ctx, "models", "a")
 	_, err2 := e.client.ListResources(ctx, "models")
@@ -297,22 +345,24 @@ func TestNotLoggedIn(t *testing.T) {
 			t.Errorf("call %d: err = %v, want ErrNotLoggedIn", i+1, err)
 		}
 	}
-	if n := e.api.count("get") + e.api.count("list") + e.api.count("key") + e.api.count("upload"); n != 0 {
-		t.Errorf("%d calls reached the API", n)
+	for _, ep := range []string{refapi.EndpointLogin, refapi.EndpointGet, refapi.EndpointList, refapi.EndpointKeyFragment, refapi.EndpointUpload} {
+		if n := e.calls(ep); n != 0 {
+			t.Errorf("%d calls reached %s", n, ep)
+		}
 	}
 }
 
 func TestGetResource(t *testing.T) {
-	e := newEnv(t, Options{})
+	e := newEnv(t, Options{}, nil)
 	e.login(t)
-	want := bytes.Repeat([]byte("model head "), 300)
-	e.api.put("models/a.small", want)
+	want := bytes.Repeat([]byte{0xde, 0xad, 0xbe, 0xef, 0}, 1000)
+	putResource(t, e, "models", "a.small", string(want))
 	got, err := e.client.GetResource(context.Background(), "models", "a.small")
 	if err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("GetResource = %d bytes, %v", len(got), err)
 	}
 	// The empty folder is the API's top level: POST /resources/get.
-	e.api.put("top.txt", []byte("top"))
+	putResource(t, e, "", "top.txt", "top")
 	if got, err := e.client.GetResource(context.Background(), "", "top.txt"); err != nil || string(got) != "top" {
 		t.Fatalf("GetResource top level = %q, %v", got, err)
 	}
@@ -321,13 +371,13 @@ func TestGetResource(t *testing.T) {
 	} else if !strings.HasPrefix(err.Error(), "get models/missing: ") {
 		t.Errorf("err = %q, want the call named", err)
 	}
-	if n := e.api.count("login"); n != 1 {
+	if n := e.calls(refapi.EndpointLogin); n != 1 {
 		t.Errorf("%d logins, want 1 (404 needs no re-login)", n)
 	}
 }
 
 func TestGetResourceWrongKey(t *testing.T) {
-	e := newEnv(t, Options{})
+	e := newEnv(t, Options{}, nil)
 	e.login(t)
 	// Decryption fails when the server encrypts with another key: swap the client's key.
 	e.client.mu.Lock()
@@ -335,7 +385,7 @@ func TestGetResourceWrongKey(t *testing.T) {
 	s.apiKey = security.KeyFromString("another key")
 	e.client.sess = &s
 	e.client.mu.Unlock()
-	e.api.put("models/a", []byte("A"))
+	putResource(t, e, "models", "a", "A")
 	_, err := e.client.GetResource(context.Background(), "models", "a")
 	if !errors.Is(err, security.ErrWrongKey) || errors.Is(err, ErrUnavailable) {
 		t.Fatalf("err = %v, want security.ErrWrongKey", err)
@@ -359,24 +409,23 @@ func TestStatusMapping(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprint(tt.status), func(t *testing.T) {
-			e := newEnv(t, Options{})
+			e := newEnv(t, Options{}, nil)
 			e.login(t)
-			e.api.put("models/a", []byte("A"))
+			putResource(t, e, "models", "a", "A")
 			n := 1
 			if tt.retryFails {
 				n = 2 // the repeat after the re-login fails too
 			}
-			for range n {
-				e.api.fail("get", tt.status)
-			}
+			e.ref.SetFault(refapi.EndpointGet, tt.status, n)
 			_, err := e.client.GetResource(context.Background(), "models", "a")
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("err = %v, want %v", err, tt.want)
 			}
-			if got := e.api.count("login"); got != tt.logins {
+			if got := e.calls(refapi.EndpointLogin); got != tt.logins {
 				t.Errorf("%d logins, want %d", got, tt.logins)
 			}
-			if got := e.api.count("get") - 1; got != tt.attempts { // minus cdn.yaml
+			// The re-login fetches no cdn.yaml: every get after the first is an attempt.
+			if got := e.calls(refapi.EndpointGet) - 1; got != tt.attempts {
 				t.Errorf("%d attempts, want %d", got, tt.attempts)
 			}
 		})
@@ -387,131 +436,183 @@ func TestStatusMapping(t *testing.T) {
 func TestRetryAfterRefusal(t *testing.T) {
 	for _, status := range []int{401, 403} {
 		t.Run(fmt.Sprint(status), func(t *testing.T) {
-			e := newEnv(t, Options{})
+			e := newEnv(t, Options{}, nil)
 			e.login(t)
-			e.api.put("models/a", []byte("A"))
-			e.api.fail("get", status)
+			putResource(t, e, "models", "a", "A")
+			e.ref.SetFault(refapi.EndpointGet, status, 1)
 			got, err := e.client.GetResource(context.Background(), "models", "a")
 			if err != nil || string(got) != "A" {
 				t.Fatalf("GetResource = %q, %v", got, err)
 			}
-			if n := e.api.count("login"); n != 2 {
+			if n := e.calls(refapi.EndpointLogin); n != 2 {
 				t.Errorf("%d logins, want 2", n)
 			}
-			if n := e.api.count("get") - 1; n != 2 {
+			if n := e.calls(refapi.EndpointGet) - 1; n != 2 {
 				t.Errorf("%d attempts, want 2", n)
 			}
 		})
 	}
 	t.Run("revoked token", func(t *testing.T) {
-		e := newEnv(t, Options{})
+		e := newEnv(t, Options{}, nil)
 		e.login(t)
-		e.api.revokeTokens()
-		if _, err := e.client.KeyFragment(context.Background()); err != nil {
-			t.Fatal(err)
+		e.ref.RevokeTokens()
+		for range 2 {
+			if got, err := e.client.KeyFragment(context.Background()); err != nil || string(got) != "key-fragment-bytes" {
+				t.Fatalf("KeyFragment = %q, %v", got, err)
+			}
 		}
-		if _, err := e.client.KeyFragment(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		if n := e.api.count("login"); n != 2 {
+		if n := e.calls(refapi.EndpointLogin); n != 2 {
 			t.Errorf("%d logins, want 2: the new token is kept", n)
+		}
+		if n := e.calls(refapi.EndpointKeyFragment); n != 3 {
+			t.Errorf("%d key fragment calls, want 3 (one refused, one repeated, one more)", n)
 		}
 	})
 	t.Run("re-login rejected", func(t *testing.T) {
-		e := newEnv(t, Options{})
+		e := newEnv(t, Options{}, nil)
 		e.login(t)
-		e.api.revokeTokens()
-		e.api.fail("login", 401)
+		e.ref.RevokeTokens()
+		e.ref.SetFault(refapi.EndpointLogin, 401, 1)
 		_, err := e.client.ListResources(context.Background(), "models")
 		if !errors.Is(err, ErrUnauthorized) {
 			t.Fatalf("err = %v, want ErrUnauthorized", err)
 		}
-		if n := e.api.count("list"); n != 1 {
+		if n := e.calls(refapi.EndpointList); n != 1 {
 			t.Errorf("%d attempts, want 1: no repeat without a new token", n)
+		}
+	})
+	t.Run("hardware bound to another device", func(t *testing.T) {
+		// A new login does not help: the API refuses again, and that is final.
+		e := newEnv(t, Options{}, nil)
+		e.login(t)
+		e.ref.SetHardware(testEmail, "CPU: another device")
+		_, err := e.client.GetResource(context.Background(), "", "cdn.yaml")
+		if !errors.Is(err, ErrForbidden) || !strings.Contains(err.Error(), "hardware mismatch") {
+			t.Fatalf("err = %v, want ErrForbidden with the API's reason", err)
+		}
+		if n := e.calls(refapi.EndpointLogin); n != 2 {
+			t.Errorf("%d logins, want 2 (one re-login for the refused call)", n)
 		}
 	})
 }
 
+// TestRenewBeforeExpiry: the client logs in again a minute (RenewBefore) before its token
+// expires, so no call is refused for an expired token. The reference API and the client share
+// a clock that the test moves: the token is at its expiry when the test says, no sleep.
 func TestRenewBeforeExpiry(t *testing.T) {
-	e := newEnv(t, Options{})
+	e := newEnv(t, Options{}, nil)
 	e.login(t)
-	e.api.put("models/a", []byte("A"))
-	e.clock.Advance(4*time.Hour - 30*time.Second) // within RenewBefore of exp
-	if _, err := e.client.GetResource(context.Background(), "models", "a"); err != nil {
-		t.Fatal(err)
+	first := e.token()
+	list := func() {
+		t.Helper()
+		if _, err := e.client.ListResources(context.Background(), "models"); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if n := e.api.count("login"); n != 2 {
-		t.Fatalf("%d logins, want 2", n)
+
+	e.clock.Advance(4*time.Hour - DefaultRenewBefore - time.Second) // a second before renewing
+	list()
+	if n := e.calls(refapi.EndpointLogin); n != 1 {
+		t.Fatalf("%d logins before the renewal time, want 1", n)
 	}
-	if n := e.api.count("get") - 1; n != 1 {
-		t.Errorf("%d attempts, want 1: renewed before the call, not after a 401", n)
+	e.clock.Advance(2 * time.Second) // within RenewBefore of exp: the token is still valid
+	list()
+	if n := e.calls(refapi.EndpointLogin); n != 2 {
+		t.Fatalf("%d logins within RenewBefore of expiry, want 2", n)
 	}
-	e.clock.Advance(time.Hour)
-	if _, err := e.client.GetResource(context.Background(), "models", "a"); err != nil {
-		t.Fatal(err)
+	if n, refused := e.calls(refapi.EndpointList), e.refusedWith(first); n != 2 || refused {
+		t.Errorf("%d list calls (want 2) and the old token refused: %v; want it renewed before the call", n, refused)
 	}
-	if n := e.api.count("login"); n != 2 {
+
+	// Past the first token's expiry: the API refuses it now, and the client no longer needs it.
+	e.clock.Advance(DefaultRenewBefore)
+	if !e.refusedWith(first) {
+		t.Fatal("the reference API still takes the first token after its expiry: the test proves nothing")
+	}
+	list()
+	if n := e.calls(refapi.EndpointLogin); n != 2 {
 		t.Errorf("%d logins, want still 2: the new token is good for 4 h", n)
 	}
+	if n := e.calls(refapi.EndpointList); n != 3 {
+		t.Errorf("%d list calls, want 3: none refused and repeated", n)
+	}
+}
+
+// token is the client's current token.
+func (e *env) token() string {
+	e.client.mu.Lock()
+	defer e.client.mu.Unlock()
+	return e.client.sess.token
+}
+
+// refusedWith reports whether the reference API refuses token now (it checks expiry on the
+// shared clock). The probe goes past the counters' endpoint: it asks GET /resources/list/.
+func (e *env) refusedWith(token string) bool {
+	req, _ := http.NewRequest(http.MethodGet, e.srv.URL+"/binary-split/key-fragment", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	rec := httptest.NewRecorder()
+	e.ref.ServeHTTP(rec, req)
+	return rec.Code == http.StatusUnauthorized
 }
 
 // A device clock far off the server's must neither renew on every call nor let tokens lapse.
 func TestRenewWithSkewedClock(t *testing.T) {
-	e := newEnv(t, Options{})
-	e.api.setClaims(func(c jwt.MapClaims) { // the server is 5 h behind the device
-		c["iat"] = c["iat"].(int64) - 5*3600
-		c["exp"] = c["exp"].(int64) - 5*3600
-	})
+	serverClock := newClock()
+	serverClock.Advance(-5 * time.Hour) // the server is 5 h behind the device
+	e := newEnv(t, Options{}, func(c *refapi.Config) { c.Now = serverClock.Now })
 	e.login(t)
 	for range 3 {
 		if _, err := e.client.ListResources(context.Background(), "models"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if n := e.api.count("login"); n != 1 {
+	if n := e.calls(refapi.EndpointLogin); n != 1 {
 		t.Errorf("%d logins, want 1", n)
 	}
 	e.clock.Advance(4 * time.Hour)
+	serverClock.Advance(4 * time.Hour)
 	if _, err := e.client.ListResources(context.Background(), "models"); err != nil {
 		t.Fatal(err)
 	}
-	if n := e.api.count("login"); n != 2 {
+	if n := e.calls(refapi.EndpointLogin); n != 2 {
 		t.Errorf("%d logins, want 2 after the token's lifetime", n)
+	}
+	if n := e.calls(refapi.EndpointList); n != 4 {
+		t.Errorf("%d list calls, want 4: none refused", n)
 	}
 }
 
 // A token without iat that has expired by this device's clock is used until the API refuses it,
-// rather than renewed on every call.
+// rather than renewed on every call. The reference API always sends iat: a fault takes it out.
 func TestExpiredOnArrival(t *testing.T) {
-	e := newEnv(t, Options{})
-	e.api.setClaims(func(c jwt.MapClaims) {
-		delete(c, "iat")
-		c["exp"] = c["exp"].(int64) - 10*3600
-	})
+	serverClock := newClock()
+	serverClock.Advance(-10 * time.Hour) // the device clock is 10 h ahead
+	e := newEnv(t, Options{}, func(c *refapi.Config) { c.Now = serverClock.Now })
+	e.setFault(editTokens(t, func(c jwt.MapClaims) { delete(c, "iat") }))
 	e.login(t)
 	for range 3 {
 		if _, err := e.client.ListResources(context.Background(), "models"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if n := e.api.count("login"); n != 1 {
+	if n := e.calls(refapi.EndpointLogin); n != 1 {
 		t.Errorf("%d logins, want 1", n)
 	}
-	e.api.revokeTokens()
+	e.ref.RevokeTokens()
 	if _, err := e.client.ListResources(context.Background(), "models"); err != nil {
 		t.Fatal(err)
 	}
-	if n := e.api.count("login"); n != 2 {
+	if n := e.calls(refapi.EndpointLogin); n != 2 {
 		t.Errorf("%d logins, want 2 after a 401", n)
 	}
 }
 
 // A failed renewal ahead of expiry does not fail a call the current token can still do.
 func TestRenewFailureWhileTokenValid(t *testing.T) {
-	e := newEnv(t, Options{})
+	e := newEnv(t, Options{}, nil)
 	e.login(t)
 	e.clock.Advance(4*time.Hour - 30*time.Second)
-	e.api.fail("login", 503)
+	e.ref.SetFault(refapi.EndpointLogin, 503, 1)
 	if _, err := e.client.ListResources(context.Background(), "models"); err != nil {
 		t.Fatalf("ListResources with a still valid token: %v", err)
 	}
@@ -519,7 +620,7 @@ func TestRenewFailureWhileTokenValid(t *testing.T) {
 		t.Error("the failed renewal was not logged")
 	}
 	e.clock.Advance(time.Minute) // now past exp
-	e.api.fail("login", 503)
+	e.ref.SetFault(refapi.EndpointLogin, 503, 1)
 	if _, err := e.client.ListResources(context.Background(), "models"); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("err = %v, want ErrUnavailable once the token has expired", err)
 	}
@@ -527,28 +628,28 @@ func TestRenewFailureWhileTokenValid(t *testing.T) {
 
 func TestConcurrentRenewal(t *testing.T) {
 	t.Run("expiry", func(t *testing.T) {
-		e := newEnv(t, Options{})
+		e := newEnv(t, Options{}, nil)
 		e.login(t)
-		e.api.put("models/a", []byte("A"))
+		putResource(t, e, "models", "a", "A")
 		e.clock.Advance(5 * time.Hour)
 		runConcurrently(t, 50, func() error {
 			_, err := e.client.GetResource(context.Background(), "models", "a")
 			return err
 		})
-		if n := e.api.count("login"); n != 2 {
+		if n := e.calls(refapi.EndpointLogin); n != 2 {
 			t.Errorf("%d logins, want 2", n)
 		}
 	})
 	t.Run("401", func(t *testing.T) {
-		e := newEnv(t, Options{})
+		e := newEnv(t, Options{}, nil)
 		e.login(t)
-		e.api.put("models/a", []byte("A"))
-		e.api.revokeTokens()
+		putResource(t, e, "models", "a", "A")
+		e.ref.RevokeTokens()
 		runConcurrently(t, 50, func() error {
 			_, err := e.client.GetResource(context.Background(), "models", "a")
 			return err
 		})
-		if n := e.api.count("login"); n != 2 {
+		if n := e.calls(refapi.EndpointLogin); n != 2 {
 			t.Errorf("%d logins, want 2", n)
 		}
 	})
@@ -579,18 +680,17 @@ func runConcurrently(t *testing.T, n int, f func() error) {
 // caller starts the re-login and gives up while it is under way and the second caller waits
 // on it too; the re-login then succeeds and serves the second caller.
 func TestRenewalSurvivesCallerCancel(t *testing.T) {
-	e := newEnv(t, Options{})
+	e := newEnv(t, Options{}, nil)
 	e.login(t)
 	entered := make(chan struct{}, 1)
 	release := make(chan struct{})
-	inner := e.api
-	e.setHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	e.setFault(func(w http.ResponseWriter, r *http.Request, ref http.Handler) {
 		if r.URL.Path == "/login" {
 			entered <- struct{}{}
 			<-release
 		}
-		inner.ServeHTTP(w, r)
-	}))
+		ref.ServeHTTP(w, r)
+	})
 	released := false
 	defer func() {
 		if !released {
@@ -637,7 +737,7 @@ func TestRenewalSurvivesCallerCancel(t *testing.T) {
 	if err := <-second; err != nil {
 		t.Fatalf("other caller: %v", err)
 	}
-	if n := inner.count("login"); n != 2 {
+	if n := e.calls(refapi.EndpointLogin); n != 2 {
 		t.Errorf("%d logins, want 2 (the first and one shared re-login)", n)
 	}
 	select {
@@ -729,58 +829,59 @@ func TestContextCancel(t *testing.T) {
 }
 
 func TestSizeLimits(t *testing.T) {
-	e := newEnv(t, Options{})
+	e := newEnv(t, Options{}, nil)
 	e.login(t)
-	e.api.setFragment(make([]byte, MaxKeyFragmentSize+1))
+	e.ref.SetKeyFragment(make([]byte, MaxKeyFragmentSize+1))
 	if _, err := e.client.KeyFragment(context.Background()); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "larger than") {
 		t.Fatalf("oversized fragment: err = %v", err)
 	}
-	e.api.setFragment(nil)
+	e.ref.SetKeyFragment(nil)
 	if _, err := e.client.KeyFragment(context.Background()); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("empty fragment: err = %v", err)
 	}
-	e.api.setFragment(make([]byte, MaxKeyFragmentSize))
+	e.ref.SetKeyFragment(make([]byte, MaxKeyFragmentSize))
 	if got, err := e.client.KeyFragment(context.Background()); err != nil || len(got) != MaxKeyFragmentSize {
 		t.Fatalf("fragment at the limit: %d bytes, %v", len(got), err)
 	}
 	// Without Content-Length the cap holds too.
-	e.setHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	e.setFault(func(w http.ResponseWriter, r *http.Request, _ http.Handler) {
 		w.(http.Flusher).Flush() // chunked
 		w.Write(make([]byte, MaxKeyFragmentSize+1))
-	}))
+	})
 	if _, err := e.client.KeyFragment(context.Background()); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "larger than") {
 		t.Fatalf("oversized chunked fragment: err = %v", err)
 	}
 	// A declared length over the cap is refused before reading.
-	e.setHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	e.setFault(func(w http.ResponseWriter, r *http.Request, _ http.Handler) {
 		w.Header().Set("Content-Length", fmt.Sprint(MaxResourceSize+1))
 		w.Write([]byte("x"))
-	}))
+	})
 	if _, err := e.client.GetResource(context.Background(), "models", "huge"); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "larger than") {
 		t.Fatalf("oversized resource: err = %v", err)
 	}
 }
 
 func TestListResources(t *testing.T) {
-	e := newEnv(t, Options{})
+	e := newEnv(t, Options{}, nil)
 	e.login(t)
 	got, err := e.client.ListResources(context.Background(), "models")
 	if err != nil || got == nil || len(got) != 0 {
 		t.Fatalf("empty folder: %#v, %v", got, err)
 	}
-	e.api.put("models/a.small", nil)
+	putResource(t, e, "models", "b.small", "")
+	putResource(t, e, "models", "a.small", "")
 	got, err = e.client.ListResources(context.Background(), "models")
-	if err != nil || len(got) != 1 || got[0] != "a.small" {
+	if err != nil || !slices.Equal(got, []string{"a.small", "b.small"}) {
 		t.Fatalf("ListResources = %v, %v", got, err)
 	}
-	e.setHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `{"a":1}`) }))
+	e.setFault(func(w http.ResponseWriter, r *http.Request, _ http.Handler) { io.WriteString(w, `{"a":1}`) })
 	if _, err := e.client.ListResources(context.Background(), "models"); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("not a list: err = %v", err)
 	}
 }
 
 func TestUploadResource(t *testing.T) {
-	e := newEnv(t, Options{})
+	e := newEnv(t, Options{}, nil)
 	e.login(t)
 	data := bytes.Repeat([]byte{0, 1, 2, 0xff}, 1000)
 	r := bytes.NewReader(append([]byte("skipped"), data...))
@@ -788,49 +889,50 @@ func TestUploadResource(t *testing.T) {
 	if err := e.client.UploadResource(context.Background(), "models", "a.small", r); err != nil {
 		t.Fatal(err)
 	}
-	got, cl := e.api.uploaded("models/a.small")
-	if !bytes.Equal(got, data) {
-		t.Fatalf("uploaded %d bytes, want %d", len(got), len(data))
-	}
-	if cl <= int64(len(data)) {
+	if cl := e.lastUploadLength(); cl <= int64(len(data)) {
 		t.Errorf("Content-Length = %d, want the exact multipart length", cl)
 	}
 	names, err := e.client.ListResources(context.Background(), "models")
-	if err != nil || len(names) != 1 || names[0] != "a.small" {
+	if err != nil || !slices.Equal(names, []string{"a.small"}) {
 		t.Fatalf("ListResources after upload = %v, %v", names, err)
+	}
+	// What the API stored comes back, encrypted for this device, and decrypts to the upload.
+	got, err := e.client.GetResource(context.Background(), "models", "a.small")
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("GetResource after upload = %d bytes, %v; want %d", len(got), err, len(data))
 	}
 }
 
 // A refused upload is sent again in full after the re-login, even when the server answered
 // before reading the body.
 func TestUploadRetrySendsBodyAgain(t *testing.T) {
-	e := newEnv(t, Options{})
+	e := newEnv(t, Options{}, nil)
 	e.login(t)
 	data := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB: more than socket buffers
-	e.api.revokeTokens()
+	e.ref.RevokeTokens()
 	if err := e.client.UploadResource(context.Background(), "models", "big", bytes.NewReader(data)); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := e.api.uploaded("models/big"); !bytes.Equal(got, data) {
-		t.Fatalf("uploaded %d bytes, want %d", len(got), len(data))
+	if got, err := e.client.GetResource(context.Background(), "models", "big"); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("stored %d bytes (%v), want %d", len(got), err, len(data))
 	}
-	if n := e.api.count("upload"); n != 2 {
+	if n := e.calls(refapi.EndpointUpload); n != 2 {
 		t.Errorf("%d attempts, want 2", n)
 	}
-	e.api.fail("upload", 403, 403)
+	e.ref.SetFault(refapi.EndpointUpload, 403, 2)
 	if err := e.client.UploadResource(context.Background(), "models", "big", bytes.NewReader(data)); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("err = %v, want ErrForbidden", err)
 	}
 }
 
 func TestUploadSeekError(t *testing.T) {
-	e := newEnv(t, Options{})
+	e := newEnv(t, Options{}, nil)
 	e.login(t)
 	err := e.client.UploadResource(context.Background(), "models", "a", badSeeker{})
 	if err == nil || errors.Is(err, ErrUnavailable) {
 		t.Fatalf("err = %v, want the seek error", err)
 	}
-	if n := e.api.count("upload"); n != 0 {
+	if n := e.calls(refapi.EndpointUpload); n != 0 {
 		t.Errorf("%d uploads reached the API", n)
 	}
 }
@@ -841,43 +943,45 @@ func (badSeeker) Seek(int64, int) (int64, error) { return 0, errors.New("not see
 
 func TestVerifyKey(t *testing.T) {
 	t.Run("good signature", func(t *testing.T) {
-		e := newEnv(t, Options{VerifyKey: []byte(testSecret)})
+		e := newEnv(t, Options{VerifyKey: []byte(testSecret)}, nil)
 		e.login(t)
 	})
 	t.Run("bad signature", func(t *testing.T) {
-		e := newEnv(t, Options{VerifyKey: []byte("another secret")})
+		e := newEnv(t, Options{VerifyKey: []byte("another secret")}, nil)
 		err := e.client.Login(context.Background(), testEmail, testPassword)
 		if !errors.Is(err, ErrUnavailable) || !errors.Is(err, jwt.ErrTokenSignatureInvalid) {
 			t.Fatalf("err = %v, want ErrUnavailable with an invalid signature", err)
 		}
 	})
 	t.Run("wrong issuer", func(t *testing.T) {
-		e := newEnv(t, Options{VerifyKey: []byte(testSecret)})
-		e.api.setClaims(func(c jwt.MapClaims) { c["iss"] = "SomeoneElse" })
+		e := newEnv(t, Options{VerifyKey: []byte(testSecret)}, nil)
+		e.setFault(editTokens(t, func(c jwt.MapClaims) { c["iss"] = "SomeoneElse" }))
 		err := e.client.Login(context.Background(), testEmail, testPassword)
 		if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "issuer") {
 			t.Fatalf("err = %v, want ErrUnavailable naming the issuer", err)
 		}
 	})
 	t.Run("no issuer", func(t *testing.T) {
-		e := newEnv(t, Options{VerifyKey: []byte(testSecret)})
-		e.api.setClaims(func(c jwt.MapClaims) { delete(c, "iss") })
+		e := newEnv(t, Options{VerifyKey: []byte(testSecret)}, nil)
+		e.setFault(editTokens(t, func(c jwt.MapClaims) { delete(c, "iss") }))
 		if err := e.client.Login(context.Background(), testEmail, testPassword); !errors.Is(err, ErrUnavailable) {
 			t.Fatalf("err = %v, want ErrUnavailable", err)
 		}
 	})
 	t.Run("unverified accepts any issuer", func(t *testing.T) {
-		e := newEnv(t, Options{})
-		e.api.setClaims(func(c jwt.MapClaims) { c["iss"] = "SomeoneElse" })
-		e.login(t)
+		// The reference API would refuse such a token for cdn.yaml: the parser alone is asked.
+		raw, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"iss": "SomeoneElse", "nameid": "u"}).SignedString([]byte("k"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info, err := (verifier{}).parse(raw); err != nil || info.user.ID != "u" {
+			t.Fatalf("parse = %+v, %v", info, err)
+		}
 	})
 	t.Run("expired token still accepted when the clock is off", func(t *testing.T) {
-		e := newEnv(t, Options{VerifyKey: []byte(testSecret)})
-		e.api.setClaims(func(c jwt.MapClaims) {
-			c["iat"] = c["iat"].(int64) - 10*3600
-			c["exp"] = c["exp"].(int64) - 10*3600
-			c["nbf"] = c["iat"]
-		})
+		serverClock := newClock()
+		serverClock.Advance(-10 * time.Hour)
+		e := newEnv(t, Options{VerifyKey: []byte(testSecret)}, func(c *refapi.Config) { c.Now = serverClock.Now })
 		e.login(t)
 	})
 }
@@ -956,10 +1060,11 @@ func TestNew(t *testing.T) {
 	}
 }
 
-// No password, token, API key, hardware fingerprint or CDN key in any error text or log line,
-// even when the server echoes the request in its error answers.
+// No email, password, token, API key, hardware fingerprint or CDN key in any error text or log
+// line, even when the server echoes the request in its error answers (the reference API does
+// not: faults in front of it do).
 func TestNoSecretsLeak(t *testing.T) {
-	e := newEnv(t, Options{})
+	e := newEnv(t, Options{}, nil)
 	var errs []error
 	ctx := context.Background()
 	collect := func(err error) {
@@ -967,53 +1072,57 @@ func TestNoSecretsLeak(t *testing.T) {
 			errs = append(errs, err)
 		}
 	}
-	// Rejected login: the fake echoes the password in a JSON message.
-	collect(e.client.Login(ctx, testEmail+"x", testPassword))
-	e.login(t)
-	// A 403 whose detail echoes the hardware fingerprint.
-	other, err := New(e.srv.URL, testHardware+" other", Options{Logger: e.client.log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	collect(other.Login(ctx, testEmail, testPassword))
-	// Plain-text and JSON answers that quote the token and the API key.
-	var token string
-	e.client.mu.Lock()
-	token = e.client.sess.token
-	e.client.mu.Unlock()
 	apiKey := security.APIKey(testEmail, testPassword, security.HardwareHash(testHardware))
-	inner := e.api
-	e.setHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/resources/list/a":
+	echo := func(w http.ResponseWriter, r *http.Request, ref http.Handler) {
+		body, _ := io.ReadAll(r.Body)
+		var creds struct{ Email, Password string }
+		json.Unmarshal(body, &creds)
+		switch {
+		case r.URL.Path == "/login" && creds.Password == testPassword+"x": // a rejection quoting what was sent
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusConflict)
+			json.NewEncoder(w).Encode(map[string]string{"message": "bad credentials for " + creds.Email + " / " + creds.Password})
+		case r.URL.Path == "/resources/list/a":
 			http.Error(w, "token "+r.Header.Get("Authorization")+" key "+apiKey, http.StatusInternalServerError)
-		case "/resources/list/b":
+		case r.URL.Path == "/resources/list/b":
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusBadRequest)
-			fmt.Fprintf(w, `{"error":"password %s hardware %s"}`, jsonEscape(testPassword), jsonEscape(testHardware))
+			fmt.Fprintf(w, `{"error":"password %s hardware %s email %s"}`, jsonEscape(testPassword), jsonEscape(testHardware), testEmail)
+		case r.URL.Path == "/resources/get/c":
+			w.Header().Set("Content-Type", "application/problem+json")
+			w.WriteHeader(http.StatusForbidden)
+			fmt.Fprintf(w, `{"detail":"hardware %s of %s not bound"}`, jsonEscape(testHardware), testEmail)
 		default:
-			inner.ServeHTTP(w, r)
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			ref.ServeHTTP(w, r)
 		}
-	}))
-	_, err = e.client.ListResources(ctx, "a")
+	}
+	e.setFault(echo)
+	collect(e.client.Login(ctx, testEmail, testPassword+"x"))
+	e.login(t)
+	token := e.token()
+	_, err := e.client.ListResources(ctx, "a")
 	collect(err)
 	_, err = e.client.ListResources(ctx, "b")
 	collect(err)
-	e.setHandler(nil)
+	_, err = e.client.GetResource(ctx, "c", "m.small")
+	collect(err)
 	_, err = e.client.GetResource(ctx, "models", "missing")
 	collect(err)
-	e.api.revokeTokens()
-	e.api.fail("login", 401)
+	e.ref.RevokeTokens()
+	e.ref.SetFault(refapi.EndpointLogin, 401, 1)
 	_, err = e.client.KeyFragment(ctx)
 	collect(err)
 	if len(errs) != 6 {
 		t.Fatalf("%d errors, want 6: %v", len(errs), errs)
 	}
-	if !strings.Contains(errs[2].Error(), "[redacted]") {
-		t.Errorf("the upstream reason was dropped rather than redacted: %v", errs[2])
+	for _, i := range []int{0, 1, 2, 3} {
+		if !strings.Contains(errs[i].Error(), "[redacted]") {
+			t.Errorf("the upstream reason was dropped rather than redacted: %v", errs[i])
+		}
 	}
-	secrets := []string{testPassword, token, apiKey, testHardware, security.HardwareHash(testHardware),
-		"SN-SECRET-123", "dl-secret-value", "ul-secret-value"}
+	secrets := []string{testEmail, testPassword, token, apiKey, testHardware, security.HardwareHash(testHardware),
+		"SN-SECRET-123", testCDN.DownloaderAccessSecret, testCDN.UploaderAccessSecret}
 	for _, err := range errs {
 		for _, s := range secrets {
 			if strings.Contains(err.Error(), s) {
@@ -1035,4 +1144,35 @@ func TestNoSecretsLeak(t *testing.T) {
 // jsonEscape escapes as System.Text.Json does by default, "+" included.
 func jsonEscape(s string) string {
 	return strings.NewReplacer(`"`, `\"`, `+`, `\u002B`, `\`, `\\`).Replace(s)
+}
+
+// TestOnLoginAndList: OnLogin is called after each successful Login, not after a failed one nor
+// after the client's own re-login; ListResources names the small parts a folder holds (SPEC §3),
+// as prefetch reads them.
+func TestOnLoginAndList(t *testing.T) {
+	var mu sync.Mutex
+	logins := 0
+	e := newEnv(t, Options{OnLogin: func() { mu.Lock(); logins++; mu.Unlock() }}, nil)
+	count := func() int { mu.Lock(); defer mu.Unlock(); return logins }
+	if err := e.client.Login(context.Background(), testEmail, "wrong"); err == nil {
+		t.Fatal("a wrong password logged in")
+	}
+	if n := count(); n != 0 {
+		t.Fatalf("OnLogin after a failed login: %d calls", n)
+	}
+	e.login(t)
+	putResource(t, e, "models", "b.bin.small", "x")
+	putResource(t, e, "models", "a.bin.small", "x")
+	e.ref.RevokeTokens() // the next call logs in again by itself
+	names, err := e.client.ListResources(context.Background(), "models")
+	if err != nil || !slices.Equal(names, []string{"a.bin.small", "b.bin.small"}) {
+		t.Fatalf("ListResources = %q, %v", names, err)
+	}
+	if n := count(); n != 1 {
+		t.Errorf("OnLogin called %d times, want once (the re-login does not count)", n)
+	}
+	e.login(t)
+	if n := count(); n != 2 {
+		t.Errorf("OnLogin called %d times after a second login, want 2", n)
+	}
 }
