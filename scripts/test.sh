@@ -8,13 +8,14 @@
 # 2. starts a private dockerd, MinIO and swtpm (a TPM 2.0 simulator) under a fresh temp dir (never
 #    a system daemon) and exports the AZAION_TEST_* variables of internal/testenv;
 # 3. runs gofmt, go vet, staticcheck, go test -race, the security package for arm64 under qemu and
-#    with -tags purego, a short fuzz run and the cross-compiles;
+#    with -tags purego, every fuzz target briefly and the cross-compiles;
 # 4. stops everything it started, also on failure or Ctrl-C, and exits non-zero if any step failed.
 #
 # With arguments, only `go test -race -count=1 ARGS...` runs (against the real parts), e.g.
 #   scripts/test.sh -v -run TestFault ./internal/testenv/
 #
-# Environment: AZAION_TEST_TIMEOUT (go test -timeout, default 20m), AZAION_FUZZTIME (default 10s),
+# Environment: AZAION_TEST_TIMEOUT (go test -timeout, default 20m), AZAION_FUZZTIME (per fuzz
+# target, default 5s),
 # AZAION_KEEP_STATE=1 keeps the temp dir (logs, data) after the run.
 set -uo pipefail
 
@@ -245,14 +246,31 @@ run_go_test() {
 }
 
 run_fuzz() {
-	# go test -fuzz on a package without the target passes with "no fuzz tests": check the list first.
-	local list target
-	list=$(go test -list '^Fuzz' ./internal/security) || { echo "$list"; return 1; }
-	for target in FuzzDecrypt FuzzCBCKernel; do
-		grep -qx "$target" <<<"$list" || { echo "internal/security has no $target fuzz target"; return 1; }
-		note "$target"
-		go test -run '^$' -fuzz "^$target\$" -fuzztime "${AZAION_FUZZTIME:-10s}" ./internal/security || return 1
-	done
+	# Every Fuzz* target of the tree, each for AZAION_FUZZTIME. Found by their source (gofmt'ed
+	# "func FuzzX(" in *_test.go), and checked with go test -list: go test -fuzz on a package
+	# without the target passes with "no fuzz tests", which must not count as a run.
+	local t=${AZAION_FUZZTIME:-5s} rc=0 n=0 file dir pkg name list
+	while IFS= read -r file; do
+		dir=$(dirname "$file")
+		pkg=./${dir#./}
+		list=$(go test -list '^Fuzz' "$pkg") || { echo "$list"; rc=1; continue; }
+		for name in $(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' "$file"); do
+			if ! grep -qx "$name" <<<"$list"; then
+				echo "$pkg: $name is in $file but go test does not list it"
+				rc=1
+				continue
+			fi
+			note "$pkg $name ($t)"
+			n=$((n + 1))
+			go test -run '^$' -fuzz "^$name\$" -fuzztime "$t" "$pkg" >"$STATE/fuzz.log" 2>&1 || {
+				cat "$STATE/fuzz.log"
+				rc=1
+			}
+		done
+	done < <(grep -rl --include='*_test.go' '^func Fuzz' . | sort)
+	((n > 0)) || { echo "no fuzz targets found"; return 1; }
+	note "$n fuzz targets run"
+	return "$rc"
 }
 
 # The arm64 assembly kernel, run by qemu: AZAION_TEST_ARM64_AES=1 makes a silent fall back to
@@ -285,6 +303,6 @@ step "staticcheck" staticcheck ./...
 step "go test -race" run_go_test ./...
 step "go test arm64 (qemu)" run_arm64
 step "go test -tags purego" go test -count=1 -tags purego ./internal/security/
-step "fuzz" run_fuzz
+step "fuzz (every target)" run_fuzz
 step "cross-compile" cross_build
 exit "$FAILED"

@@ -129,13 +129,21 @@ func (c *Client) fetchCDN(ctx context.Context, s *session) (CDNSettings, error) 
 	if err != nil {
 		return CDNSettings{}, fmt.Errorf("%s: %w: decrypt with the API key: %w", r.op, ErrUnavailable, err)
 	}
+	cdn, err := parseCDN(plain)
+	if err != nil {
+		return CDNSettings{}, fmt.Errorf("%s: %w", r.op, err)
+	}
+	return cdn, nil
+}
+
+// parseCDN reads decrypted cdn.yaml. Its errors never quote the file: its values are keys.
+func parseCDN(plain []byte) (CDNSettings, error) {
 	var cdn CDNSettings
 	if err := yaml.Unmarshal(plain, &cdn); err != nil {
-		// The YAML error is left out: it can quote values, and these values are keys.
-		return CDNSettings{}, fmt.Errorf("%s: %w: not valid YAML", r.op, ErrUnavailable)
+		return CDNSettings{}, fmt.Errorf("%w: not valid YAML", ErrUnavailable)
 	}
 	if cdn.Host == "" {
-		return CDNSettings{}, fmt.Errorf("%s: %w: no host", r.op, ErrUnavailable)
+		return CDNSettings{}, fmt.Errorf("%w: no host", ErrUnavailable)
 	}
 	return cdn, nil
 }

@@ -3,8 +3,11 @@ package resources_test
 import (
 	"errors"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"testing"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/azaion/loader/internal/resources"
 )
@@ -78,4 +81,44 @@ func TestValidateName(t *testing.T) {
 	if err := resources.ValidateName("folder", "", true); err != nil {
 		t.Errorf("an empty folder where one is allowed: %v", err)
 	}
+}
+
+// FuzzValidateName: whatever ValidateName accepts is a plain, printable name of the right
+// length, so it is safe as a path element, an S3 key, a log field and a line of text.
+func FuzzValidateName(f *testing.F) {
+	for _, s := range []string{"model.onnx", "..", "a/b", "\xff\xfe", "\xc0\xae", "a\r\nb", "gpj.\u202eexe",
+		"модель.onnx", strings.Repeat("a", 249), strings.Repeat("a", 250), ".hidden", "a\x00b", "a\u2066b"} {
+		f.Add(s, true)
+	}
+	f.Fuzz(func(t *testing.T, name string, isFile bool) {
+		what, limit := "folder", resources.MaxNameLen
+		if isFile {
+			what, limit = "filename", resources.MaxFileNameLen
+		}
+		err := resources.ValidateName(what, name, false)
+		if err != nil {
+			if !errors.Is(err, resources.ErrInvalidName) {
+				t.Fatalf("error %v is not ErrInvalidName", err)
+			}
+			if !utf8.ValidString(err.Error()) || strings.ContainsAny(err.Error(), "\r\n\u202e") {
+				t.Fatalf("the error text carries what it refuses: %q", err)
+			}
+			return
+		}
+		switch {
+		case name == "" || len(name) > limit:
+			t.Fatalf("accepted %d bytes", len(name))
+		case !utf8.ValidString(name):
+			t.Fatalf("accepted invalid UTF-8 %q", name)
+		case strings.ContainsAny(name, "/\\") || strings.Contains(name, "..") || strings.HasPrefix(name, "."):
+			t.Fatalf("accepted a path %q", name)
+		case filepath.Base(name) != name || filepath.Clean(name) != name:
+			t.Fatalf("accepted %q, which is not its own base name", name)
+		}
+		for _, r := range name {
+			if unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r) {
+				t.Fatalf("accepted %q with %U", name, r)
+			}
+		}
+	})
 }

@@ -62,16 +62,9 @@ func ValidateName(what, name string, allowEmpty bool) error {
 		switch {
 		case unicode.IsControl(r): // U+0000–U+001F, U+007F–U+009F
 			return fmt.Errorf("%w: %s must not contain control characters (%U)", ErrInvalidName, what, r)
-		case isBidiControl(r):
+		case unicode.Is(unicode.Bidi_Control, r): // ALM, LRM, RLM, LRE…RLO, LRI…PDI
 			return fmt.Errorf("%w: %s must not contain bidirectional formatting characters (%U)", ErrInvalidName, what, r)
 		}
 	}
 	return nil
-}
-
-// isBidiControl reports the characters that reorder how text is shown: the marks (ALM, LRM,
-// RLM), the embeddings and overrides (LRE…RLO) and the isolates (LRI…PDI).
-func isBidiControl(r rune) bool {
-	return r == '\u061c' || r == '\u200e' || r == '\u200f' ||
-		('\u202a' <= r && r <= '\u202e') || ('\u2066' <= r && r <= '\u2069')
 }
