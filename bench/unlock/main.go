@@ -12,11 +12,14 @@
 //	(b) the seed's way: `openssl enc -d` into a tar file, then `docker load -i` of that file (the
 //	    docker CLI with DOCKER_HOST; the Engine API's ImageLoad of the file when there is no CLI).
 //
-// It prints the wall times, their ratio and our peak RSS, and exits 1 when that exceeds -max-rss.
-// It needs disk for the archive, the tar and dockerd's copies (about 4× -size with vfs).
+// It prints one Markdown section on stdout (DEVELOPERS.md, "Benchmarks"): our wall time next to
+// (b), and next to the `docker load -i` of (b) alone, the floor set by dockerd; and our peak
+// RSS. It exits 1 when that exceeds -max-rss. Progress goes to stderr. It needs disk for the
+// archive, the tar and dockerd's copies (about 4× -size with vfs).
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -29,7 +32,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -39,6 +41,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/azaion/loader/bench/internal/bytesize"
+	"github.com/azaion/loader/bench/internal/report"
 	"github.com/azaion/loader/internal/docker"
 	"github.com/azaion/loader/internal/docker/dockertest"
 	"github.com/azaion/loader/internal/unlock"
@@ -120,10 +123,11 @@ func vmHWM() int64 {
 
 func parent() error {
 	sizeFlag := flag.String("size", "1GiB", "size of the random layer: bytes or a number with KiB, MiB or GiB")
-	host := flag.String("docker-host", os.Getenv("DOCKER_HOST"), "dockerd to use (default $DOCKER_HOST)")
-	workDir := flag.String("dir", "", "directory for the archive and the seed's tar (default: a new temp dir, removed at the end)")
+	host := flag.String("docker-host", cmp.Or(os.Getenv("AZAION_BENCH_DOCKER_HOST"), os.Getenv("DOCKER_HOST")), "dockerd to use (default $AZAION_BENCH_DOCKER_HOST, set by scripts/bench.sh, else $DOCKER_HOST)")
+	workDir := flag.String("dir", os.Getenv("AZAION_BENCH_DIR"), "directory under which the archive and the seed's tar go (default: the system's temp dir)")
 	maxRSS := flag.String("max-rss", "64MiB", "fail when our peak RSS exceeds this")
 	flag.Parse()
+	loadBefore := report.LoadAverage()
 	size, err := bytesize.Parse(*sizeFlag)
 	if err != nil {
 		return fmt.Errorf("-size: %w", err)
@@ -139,13 +143,11 @@ func parent() error {
 	if err != nil {
 		return err
 	}
-	dir := *workDir
-	if dir == "" {
-		if dir, err = os.MkdirTemp("", "azaion-bench-unlock-*"); err != nil {
-			return err
-		}
-		defer os.RemoveAll(dir)
+	dir, err := os.MkdirTemp(*workDir, "azaion-bench-unlock-*")
+	if err != nil {
+		return err
 	}
+	defer os.RemoveAll(dir)
 	ctx := context.Background()
 	cli, err := client.New(client.WithHost(*host))
 	if err != nil {
@@ -162,15 +164,14 @@ func parent() error {
 	ref := benchImage + ":" + tag
 	defer removeImage(cli, ref)
 
-	fmt.Printf("machine: %s/%s, %d CPUs, %s; %s\n", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), cpuModel(), runtime.Version())
-	fmt.Printf("dockerd: %s; layer %s; work dir %s\n", *host, bytesize.Format(size), dir)
+	report.Progress("bench/unlock: dockerd %s; layer %s; work dir %s", *host, bytesize.Format(size), dir)
 
 	// The image and its encrypted archive.
 	t0 := time.Now()
 	if err := dockertest.ImportRandom(ctx, cli, ref, size); err != nil {
 		return fmt.Errorf("import: %w", err)
 	}
-	fmt.Printf("setup: image imported in %v\n", time.Since(t0).Round(time.Millisecond))
+	report.Progress("bench/unlock: image imported in %v", time.Since(t0).Round(time.Millisecond))
 	fragment := make([]byte, 64)
 	rand.Read(fragment)
 	fragPath := filepath.Join(dir, "fragment")
@@ -187,7 +188,7 @@ func parent() error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("setup: archive of %s saved and encrypted by openssl in %v\n", bytesize.Format(fi.Size()), time.Since(t0).Round(time.Millisecond))
+	report.Progress("bench/unlock: archive of %s saved and encrypted by openssl in %v", bytesize.Format(fi.Size()), time.Since(t0).Round(time.Millisecond))
 	if err := removeImage(cli, ref); err != nil {
 		return err
 	}
@@ -244,14 +245,29 @@ func parent() error {
 		return fmt.Errorf("seed way: image %s not there afterwards (%v)", ref, err)
 	}
 
-	mib := func(d time.Duration) float64 { return float64(fi.Size()) / (1 << 20) / d.Seconds() }
-	fmt.Println()
-	fmt.Printf("archive                %s\n", bytesize.Format(fi.Size()))
-	fmt.Printf("(a) ours               %8.2f s  %6.1f MiB/s  (decrypt streamed into the Engine API image load; child process)\n", ours.Seconds(), mib(ours))
-	fmt.Printf("(b) seed               %8.2f s  %6.1f MiB/s  = openssl enc -d to a tar file %.2f s + %s %.2f s\n", seed.Seconds(), mib(seed), seedDecrypt.Seconds(), how, seedLoadTime.Seconds())
-	fmt.Printf("ratio ours/seed        %8.2f\n", ours.Seconds()/seed.Seconds())
-	fmt.Printf("our peak RSS           VmHWM %s, getrusage maxrss %s (limit %s)\n", bytesize.Format(res.VmHWMKiB<<10), bytesize.Format(maxrssKiB<<10), bytesize.Format(limit))
-	fmt.Printf("plaintext on disk      ours: none; seed: a %s tar\n", bytesize.Format(fi.Size()-32))
+	ver, _ := cli.ServerVersion(ctx, client.ServerVersionOptions{})
+	info, _ := cli.Info(ctx, client.InfoOptions{})
+	secs := func(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
+	sec := report.Section{
+		Title:      fmt.Sprintf("Unlock of a %s archive into dockerd (bench/unlock)", bytesize.Format(fi.Size())),
+		LoadBefore: loadBefore,
+		Rows: []report.Row{
+			{Figure: "unlock wall time (lower is better)", Ours: secs(ours),
+				Baseline: fmt.Sprintf("openssl enc -d to a tar, then %s: %s (%s + %s)", how, secs(seed), secs(seedDecrypt), secs(seedLoadTime)),
+				Ratio:    report.Ratio(ours.Seconds(), seed.Seconds())},
+			{Figure: "unlock wall time next to the floor set by dockerd", Ours: secs(ours),
+				Baseline: fmt.Sprintf("%s of the plain tar alone: %s", how, secs(seedLoadTime)),
+				Ratio:    report.Ratio(ours.Seconds(), seedLoadTime.Seconds())},
+			{Figure: "our peak RSS (VmHWM)", Ours: bytesize.Format(res.VmHWMKiB << 10), Baseline: fmt.Sprintf("limit %s", bytesize.Format(limit))},
+			{Figure: "plaintext written to disk", Ours: "none", Baseline: fmt.Sprintf("the seed's way: a %s tar", bytesize.Format(fi.Size()-32))},
+		},
+		Notes: []string{fmt.Sprintf("Ours: the archive decrypted and streamed into the Engine API's image load, in a child "+
+			"process (getrusage maxrss %s). dockerd %s (API %s), storage driver %s; one random layer of %s.",
+			bytesize.Format(maxrssKiB<<10), ver.Version, ver.APIVersion, info.Info.Driver, bytesize.Format(size))},
+	}
+	if err := sec.Write(os.Stdout); err != nil {
+		return err
+	}
 	if res.VmHWMKiB<<10 > limit || maxrssKiB<<10 > limit {
 		return fmt.Errorf("our peak RSS is over the %s limit", bytesize.Format(limit))
 	}
@@ -329,14 +345,4 @@ func removeImage(cli *client.Client, ref string) error {
 		return fmt.Errorf("remove %s: %w", ref, err)
 	}
 	return nil
-}
-
-func cpuModel() string {
-	b, _ := os.ReadFile("/proc/cpuinfo")
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "model name"); ok {
-			return strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
-		}
-	}
-	return "unknown CPU"
 }
