@@ -7,7 +7,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 TOOLS   := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/azaion-tools
 STATICCHECK_VERSION := v0.7.0
 
-.PHONY: run test build lint clean
+.PHONY: run test bench build lint clean
 
 ## run: the loader in dev mode on this machine
 run:
@@ -16,6 +16,10 @@ run:
 ## test: every check and test, with real dockerd and MinIO (installs what is missing)
 test:
 	bash scripts/test.sh
+
+## bench: every benchmark (bench/*/) with its baseline, written to bench/RESULTS.md (scripts/bench.sh)
+bench:
+	bash scripts/bench.sh
 
 ## build: static binaries bin/azaion-loader-linux-{amd64,arm64}
 build:
