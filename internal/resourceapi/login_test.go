@@ -13,10 +13,9 @@ import (
 	"time"
 )
 
-// loginGate holds every POST /login at the API until released, and records how many were in
-// the API at once.
+// loginGate holds every POST /login in front of the reference API until released, and records
+// how many were in the API at once.
 type loginGate struct {
-	inner   http.Handler
 	entered chan struct{} // one value per login that reached the API
 	release chan struct{}
 
@@ -25,15 +24,15 @@ type loginGate struct {
 }
 
 func gateLogins(t *testing.T, e *env) *loginGate {
-	g := &loginGate{inner: e.api, entered: make(chan struct{}, 100), release: make(chan struct{})}
-	e.setHandler(g)
+	g := &loginGate{entered: make(chan struct{}, 100), release: make(chan struct{})}
+	e.setFault(g.serve)
 	t.Cleanup(g.open)
 	return g
 }
 
-func (g *loginGate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (g *loginGate) serve(w http.ResponseWriter, r *http.Request, ref http.Handler) {
 	if r.URL.Path != "/login" {
-		g.inner.ServeHTTP(w, r)
+		ref.ServeHTTP(w, r)
 		return
 	}
 	g.mu.Lock()
@@ -43,7 +42,7 @@ func (g *loginGate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	g.mu.Unlock()
 	g.entered <- struct{}{}
 	<-g.release
-	g.inner.ServeHTTP(w, r)
+	ref.ServeHTTP(w, r)
 	g.mu.Lock()
 	g.now--
 	g.mu.Unlock()
@@ -86,7 +85,7 @@ func TestConcurrentLoginsShareOne(t *testing.T) {
 		{"accepted", testPassword, nil},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			e := newEnv(t, Options{})
+			e := newEnv(t, Options{}, nil)
 			g := gateLogins(t, e)
 			errs := make(chan error, 20)
 			go func() { errs <- e.client.Login(context.Background(), testEmail, c.password) }()
@@ -112,7 +111,7 @@ func TestConcurrentLoginsShareOne(t *testing.T) {
 }
 
 func TestLoginsWithOtherCredentialsWait(t *testing.T) {
-	e := newEnv(t, Options{})
+	e := newEnv(t, Options{}, nil)
 	g := gateLogins(t, e)
 	first := make(chan error, 1)
 	go func() { first <- e.client.Login(context.Background(), testEmail, "wrong-password") }()
@@ -139,7 +138,7 @@ func TestLoginsWithOtherCredentialsWait(t *testing.T) {
 // A re-login the client makes by itself waits for a Login in flight; when that Login replaces the
 // session, the re-login is not needed any more.
 func TestRenewalWaitsForLogin(t *testing.T) {
-	e := newEnv(t, Options{})
+	e := newEnv(t, Options{}, nil)
 	e.login(t)
 	e.clock.Advance(5 * time.Hour) // the token has expired: the next call logs in again
 	g := gateLogins(t, e)
@@ -170,7 +169,7 @@ func TestRenewalWaitsForLogin(t *testing.T) {
 
 // A waiter does not take the result of a Login whose caller gave up: it tries itself.
 func TestAbandonedLoginIsNotShared(t *testing.T) {
-	e := newEnv(t, Options{})
+	e := newEnv(t, Options{}, nil)
 	g := gateLogins(t, e)
 	ctx, cancel := context.WithCancel(context.Background())
 	first := make(chan error, 1)
@@ -221,17 +220,17 @@ func TestParseRetryAfter(t *testing.T) {
 }
 
 func TestRetryAfter(t *testing.T) {
-	e := newEnv(t, Options{})
+	e := newEnv(t, Options{}, nil)
 	var status atomic.Int32
 	var header atomic.Value
-	e.setHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	e.setFault(func(w http.ResponseWriter, r *http.Request, ref http.Handler) {
 		if s := int(status.Load()); s != 0 {
 			w.Header().Set("Retry-After", header.Load().(string))
 			w.WriteHeader(s)
 			return
 		}
-		e.api.ServeHTTP(w, r)
-	}))
+		ref.ServeHTTP(w, r)
+	})
 	status.Store(http.StatusTooManyRequests)
 	header.Store("7")
 	err := e.client.Login(context.Background(), testEmail, testPassword)
