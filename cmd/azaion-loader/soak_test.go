@@ -173,7 +173,7 @@ func TestSoak(t *testing.T) {
 	client.CloseIdleConnections()
 	pid := p.cmd.Process.Pid
 	var base sample
-	waitUntil(t, time.Minute, func() bool { base = takeSample(t, p.url, pid); return base.conns == 0 }, "the warm-up connections closed")
+	waitUntil(t, time.Minute, "the warm-up connections closed", func() bool { base = takeSample(t, p.url, pid); return base.conns == 0 })
 
 	start := time.Now()
 	counts, problems := run(total)
