@@ -89,8 +89,10 @@ type Loader struct {
 // StartLoader runs bin serve on a free loopback port with env added, and waits until it
 // listens.
 func StartLoader(bin string, env ...string) (*Loader, error) {
-	cmd := exec.Command(bin, "serve")
-	cmd.Env = append(os.Environ(), append([]string{"LISTEN_ADDR=127.0.0.1:0", "LOG_DIR="}, env...)...)
+	// An empty LOG_DIR in the environment counts as unset (the default ./Logs): only the flag
+	// turns the log files off.
+	cmd := exec.Command(bin, "serve", "--log-dir", "")
+	cmd.Env = append(os.Environ(), append([]string{"LISTEN_ADDR=127.0.0.1:0"}, env...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err
