@@ -7,11 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 
 	"github.com/azaion/loader/internal/config"
 	"github.com/azaion/loader/internal/device"
+	"github.com/azaion/loader/internal/streams"
 	"github.com/azaion/loader/internal/tpm"
 )
 
@@ -95,7 +94,13 @@ func runDeviceSeal(ctx context.Context, args []string, getenv func(string) strin
 	if err != nil {
 		return fmt.Errorf("seal: %w", err)
 	}
-	if err := writeFileAtomic(*out, sealed.Marshal()); err != nil {
+	// Mode 0600, replaced atomically: a failed or interrupted seal never leaves a half file
+	// where the old one was.
+	err = writeAtomic(*out, 0o600, func(w io.Writer) error {
+		_, err := w.Write(sealed.Marshal())
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("seal: write %s: %w", *out, err)
 	}
 	fmt.Fprintf(stdout, "sealed the device config to the TPM at %s (storage key %s, PCRs %s): %s\n",
@@ -112,20 +117,16 @@ func inName(in string) string {
 
 // readPlainConfig reads the config to seal, bounded as device.Load bounds it.
 func readPlainConfig(ctx context.Context, in string) ([]byte, error) {
-	src := stdinFrom(ctx)
-	if in != "-" {
-		f, err := os.Open(in)
-		if err != nil {
-			return nil, fmt.Errorf("seal: %w", err)
-		}
-		defer f.Close()
-		src = f
+	src, done, err := openInput(ctx, in)
+	if err != nil {
+		return nil, fmt.Errorf("seal: %w", err)
 	}
+	defer done()
 	const limit = 64 << 10
-	data, err := io.ReadAll(io.LimitReader(contextReader{ctx, src}, limit+1))
+	data, err := io.ReadAll(io.LimitReader(streams.WithContext(ctx, src), limit+1))
 	if err != nil {
 		clear(data)
-		return nil, fmt.Errorf("seal: read %s: %w", inName(in), err)
+		return nil, fmt.Errorf("seal: read %s: %w", inName(in), interrupted(ctx, err))
 	}
 	if len(data) > limit {
 		clear(data)
@@ -136,29 +137,6 @@ func readPlainConfig(ctx context.Context, in string) ([]byte, error) {
 		return nil, usagef("%s is already sealed: seal the plain device config from the provisioning record", inName(in))
 	}
 	return data, nil
-}
-
-// writeFileAtomic writes data to path with mode 0600 through a temp file in the same directory
-// and a rename, so a failed or interrupted seal never leaves a half file where the old one was.
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*") // mode 0600
-	if err != nil {
-		return err
-	}
-	_, err = tmp.Write(data)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-	}
-	return err
 }
 
 // aliasFlag is a second name for a registered flag (--tpm for --tpm-device).

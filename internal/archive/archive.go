@@ -13,8 +13,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 
 	"github.com/azaion/loader/internal/security"
+	"github.com/azaion/loader/internal/streams"
 )
 
 // The problems Verify tells apart; its errors wrap one of them, with the details.
@@ -49,21 +51,21 @@ type Image struct {
 // and checks it. It returns an error wrapping ErrWrongKey, ErrTruncated, ErrCorrupt or
 // ErrNotDockerSave, or a read error as it is (ctx's when it is done).
 func Verify(ctx context.Context, r io.Reader, key []byte) (*Report, error) {
-	ct := &countingReader{r: ctxReader{ctx, r}}
-	dec := security.NewDecrypter(ct, key)
+	var read atomic.Int64
+	dec := security.NewDecrypter(streams.Count(streams.WithContext(ctx, r), &read), key)
 	w, err := readTar(dec)
 	if err != nil {
 		if cerr := ctx.Err(); cerr != nil {
 			return nil, cerr
 		}
-		return nil, classify(w, err, dec, ct.n)
+		return nil, classify(w, err, dec, read.Load())
 	}
 	return report(w)
 }
 
 // Check checks a docker save tar read from r, as Verify does after decrypting.
 func Check(ctx context.Context, r io.Reader) (*Report, error) {
-	w, err := readTar(ctxReader{ctx, r})
+	w, err := readTar(streams.WithContext(ctx, r))
 	if err != nil {
 		if cerr := ctx.Err(); cerr != nil {
 			return nil, cerr
@@ -117,29 +119,4 @@ func classify(w *walk, err error, dec io.Reader, read int64) error {
 // isDecryptError reports whether err is the decrypter's verdict on the ciphertext.
 func isDecryptError(err error) bool {
 	return errors.Is(err, security.ErrWrongKey) || errors.Is(err, security.ErrTruncated)
-}
-
-// countingReader counts the bytes read through it.
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
-}
-
-// ctxReader stops reading once ctx is done.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }

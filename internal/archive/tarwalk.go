@@ -11,6 +11,8 @@ import (
 	"io"
 	"path"
 	"strings"
+
+	"github.com/azaion/loader/internal/streams"
 )
 
 // The tar side of the check: every byte of the stream is accounted for. archive/tar parses
@@ -320,7 +322,7 @@ func (w *walk) add(hdr *tar.Header) (*entry, error) {
 // manifests, legacy layer JSON), within the memory limits.
 func (w *walk) readData(tr *tar.Reader, e *entry) error {
 	h := sha256.New()
-	src := &errTrap{r: tr}
+	src := streams.RecordErr(tr)
 	br := w.br
 	br.Reset(io.TeeReader(src, h))
 	magic, _ := br.Peek(3)
@@ -348,8 +350,8 @@ func (w *walk) readData(tr *tar.Reader, e *entry) error {
 	default:
 		_, err = io.CopyBuffer(io.Discard, onlyReader{br}, w.buf)
 	}
-	if src.err != nil {
-		err = src.err // the tar's or the decrypter's, not a gzip format error
+	if src.Err() != nil {
+		err = src.Err() // the tar's or the decrypter's, not a gzip format error
 	}
 	if err != nil {
 		if isTruncation(err) {
@@ -362,7 +364,7 @@ func (w *walk) readData(tr *tar.Reader, e *entry) error {
 }
 
 // gunzipSum records in e the SHA-256 of what the gzip data in br inflates to, if it
-// inflates cleanly. A read error from below is left for readData to find in its errTrap.
+// inflates cleanly. A read error from below is left for readData to find in its error record.
 func (w *walk) gunzipSum(br *bufio.Reader, e *entry) {
 	zr, err := gzip.NewReader(br)
 	if err != nil {
@@ -373,20 +375,6 @@ func (w *walk) gunzipSum(br *bufio.Reader, e *entry) {
 		e.unzipped = new([32]byte)
 		copy(e.unzipped[:], dh.Sum(nil))
 	}
-}
-
-// errTrap remembers the first error other than io.EOF that its reader returned.
-type errTrap struct {
-	r   io.Reader
-	err error
-}
-
-func (t *errTrap) Read(p []byte) (int, error) {
-	n, err := t.r.Read(p)
-	if err != nil && err != io.EOF && t.err == nil {
-		t.err = err
-	}
-	return n, err
 }
 
 // printable reports whether b is printable ASCII and newlines, as the JSON and PAX data

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/minio/minio-go/v7"
+
+	"github.com/azaion/loader/internal/streams"
 )
 
 // Upload stores size bytes of r as bucket/object, with meta as the object's user metadata
@@ -133,19 +135,9 @@ func (w *watchdog) stalled(err error) error { return stalled(w.ctx, err) }
 
 // reader counts what is read from r as progress; it keeps r's Seek, which minio-go needs to
 // send a part again after a failed attempt.
-func (w *watchdog) reader(r *io.SectionReader) io.ReadSeeker { return &watchedReader{r: r, w: w} }
-
-type watchedReader struct {
-	r *io.SectionReader
-	w *watchdog
+func (w *watchdog) reader(r *io.SectionReader) io.ReadSeeker {
+	return struct {
+		io.Reader
+		io.Seeker
+	}{streams.OnRead(r, w.progress), r}
 }
-
-func (wr *watchedReader) Read(p []byte) (int, error) {
-	n, err := wr.r.Read(p)
-	if n > 0 {
-		wr.w.progress(n)
-	}
-	return n, err
-}
-
-func (wr *watchedReader) Seek(off int64, whence int) (int64, error) { return wr.r.Seek(off, whence) }

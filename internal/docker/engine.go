@@ -9,12 +9,13 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/client"
+
+	"github.com/azaion/loader/internal/streams"
 )
 
 // DefaultTimeout bounds each call to the daemon, and the time an image load may go without
@@ -123,9 +124,14 @@ func (e *Engine) LoadImages(ctx context.Context, r io.Reader) (err error) {
 	defer cancel(nil)
 	wd := newWatchdog(e.timeout, func() { cancel(errNoAnswer) })
 	defer wd.stop()
-	src := &guardedReader{r: r, progress: wd.progress}
+	// The HTTP transport gets r for the duration of this call only (src is detached on the way
+	// out); every read that returned bytes (the daemon took them) is progress, and the first
+	// error r gave is the one to return.
+	rec := streams.RecordErr(streams.OnRead(r, wd.progressed))
+	src := streams.NewDetachable(rec)
 	defer func() {
-		if srcErr := src.close(); srcErr != nil {
+		src.Detach()
+		if srcErr := rec.Err(); srcErr != nil {
 			err = fmt.Errorf("read image archive: %w", srcErr)
 		}
 	}()
@@ -136,7 +142,7 @@ func (e *Engine) LoadImages(ctx context.Context, r io.Reader) (err error) {
 	}
 	defer res.Close()
 
-	rejected, err := readMessages(&progressReader{r: res, progress: wd.progress})
+	rejected, err := readMessages(streams.OnRead(res, wd.progressed))
 	if err != nil {
 		if context.Cause(ctx) == errNoAnswer {
 			return e.notAnswering("load images")
@@ -225,9 +231,6 @@ func (m *message) errorText() string {
 	return m.Error
 }
 
-// errLoadFinished is what the HTTP transport reads once LoadImages has returned.
-var errLoadFinished = errors.New("image load finished")
-
 // errNoAnswer is the cause of a context the Engine's timeout ended.
 var errNoAnswer = errors.New("no answer within the timeout")
 
@@ -278,6 +281,9 @@ func newWatchdog(timeout time.Duration, fire func()) *watchdog {
 
 func (w *watchdog) progress() { w.last.Store(time.Now().UnixNano()) }
 
+// progressed is progress for a read of n bytes (streams.OnRead).
+func (w *watchdog) progressed(int) { w.progress() }
+
 func (w *watchdog) check() {
 	if w.done.Load() {
 		return
@@ -293,53 +299,4 @@ func (w *watchdog) check() {
 func (w *watchdog) stop() {
 	w.done.Store(true)
 	w.t.Stop()
-}
-
-// progressReader reports every read that returned bytes.
-type progressReader struct {
-	r        io.Reader
-	progress func()
-}
-
-func (p *progressReader) Read(b []byte) (int, error) {
-	n, err := p.r.Read(b)
-	if n > 0 {
-		p.progress()
-	}
-	return n, err
-}
-
-// guardedReader hands r to the HTTP transport for the duration of one LoadImages call only,
-// remembers the first error r returned, and reports every read that returned bytes (the daemon
-// took them) as progress.
-type guardedReader struct {
-	mu       sync.Mutex
-	r        io.Reader
-	progress func()
-	err      error // first error from r other than io.EOF
-	closed   bool
-}
-
-func (g *guardedReader) Read(p []byte) (int, error) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.closed {
-		return 0, errLoadFinished
-	}
-	n, err := g.r.Read(p)
-	if n > 0 && g.progress != nil {
-		g.progress()
-	}
-	if err != nil && err != io.EOF && g.err == nil {
-		g.err = err
-	}
-	return n, err
-}
-
-// close waits for a Read in progress, makes later ones fail, and returns the error r gave.
-func (g *guardedReader) close() error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.closed = true
-	return g.err
 }

@@ -3,9 +3,11 @@
 // the archive key fragment and the generated cdn.yaml.
 //
 // The loader's tests run against it, and it serves a local try-out (cmd/azaion-refapi). It is
-// written from the SPEC alone and carries its own cryptography: it imports none of the loader's
-// packages, so that a test passing against it means both sides read the contract the same way,
-// not that they share a bug.
+// written from the SPEC alone and carries its own cryptography, names and protocol: of the
+// loader's packages it imports only protocol-free plumbing (internal/streams, io.Reader
+// wrappers, and internal/httprec, which records what a handler answered), so that a test
+// passing against it means both sides read the contract the same way, not that they share a
+// bug.
 //
 // It behaves as the real ASP.NET server does where a client could notice: JSON field names bind
 // case-insensitively, a JSON body needs a JSON Content-Type (else 415), errors are

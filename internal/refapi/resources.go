@@ -13,6 +13,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/azaion/loader/internal/streams"
 )
 
 // cdnFile is the name under which the top level (empty folder) serves the CDN settings.
@@ -151,10 +153,11 @@ func (s *Server) handleUpload(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusBadRequest, "invalid file name")
 			return
 		}
-		body := &readErrRecorder{r: part}
+		// A read error tells a broken request body (4xx) apart from a failing disk (500).
+		body := streams.RecordErr(part)
 		if err := s.store(folder, name, body); err != nil {
-			if body.err != nil { // the client's body broke off or was too big
-				writeError(w, bodyErrorStatus(body.err), "bad multipart body")
+			if body.Err() != nil { // the client's body broke off or was too big
+				writeError(w, bodyErrorStatus(body.Err()), "bad multipart body")
 				return
 			}
 			s.log.Error("store upload", "folder", folder, "file", name, "err", err)
@@ -183,21 +186,6 @@ func bodyErrorStatus(err error) int {
 		return http.StatusRequestEntityTooLarge
 	}
 	return http.StatusBadRequest
-}
-
-// readErrRecorder remembers a read error, which tells a broken request body (4xx) apart from
-// a failing disk (500) when io.Copy fails.
-type readErrRecorder struct {
-	r   io.Reader
-	err error
-}
-
-func (e *readErrRecorder) Read(p []byte) (int, error) {
-	n, err := e.r.Read(p)
-	if err != nil && !errors.Is(err, io.EOF) {
-		e.err = err
-	}
-	return n, err
 }
 
 // PutResource stores plaintext as folder/name, as an upload would; an empty folder is the

@@ -13,11 +13,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/azaion/loader/internal/streams"
 )
 
 // Limits on answer bodies, so a broken or hostile server cannot make the loader buffer
@@ -85,10 +86,10 @@ func (c *Client) exchange(ctx context.Context, s *session, r *request) (answer, 
 		if err != nil {
 			return answer{}, err
 		}
-		d := &detachable{r: b}
+		d := streams.NewDetachable(b)
 		// The transport may still be reading the body after Do returns (a server that answers
 		// 401 before reading it all); the caller's reader must be untouched once we return.
-		defer d.detach()
+		defer d.Detach()
 		body, contentType, length = d, ct, n
 	}
 	req, err := http.NewRequestWithContext(ctx, r.method, c.base+r.path, body)
@@ -156,7 +157,9 @@ func (c *Client) readBody(resp *http.Response, limit int64, cancel context.Cance
 		cancel()
 	})
 	defer timer.Stop()
-	data, err := io.ReadAll(&idleReader{r: io.LimitReader(resp.Body, limit+1), timer: timer, idle: c.headerTimeout})
+	// Whenever bytes arrive, the pause starts again.
+	body := streams.OnRead(io.LimitReader(resp.Body, limit+1), func(int) { timer.Reset(c.headerTimeout) })
+	data, err := io.ReadAll(body)
 	switch {
 	case stalled.Load():
 		return data, fmt.Errorf("%w: the answer stalled for %s", ErrUnavailable, c.headerTimeout)
@@ -164,46 +167,6 @@ func (c *Client) readBody(resp *http.Response, limit int64, cancel context.Cance
 		return data, fmt.Errorf("%w: reading the answer: %w", ErrUnavailable, err)
 	}
 	return data, nil
-}
-
-// idleReader restarts timer whenever bytes arrive.
-type idleReader struct {
-	r     io.Reader
-	timer *time.Timer
-	idle  time.Duration
-}
-
-func (ir *idleReader) Read(p []byte) (int, error) {
-	n, err := ir.r.Read(p)
-	if n > 0 {
-		ir.timer.Reset(ir.idle)
-	}
-	return n, err
-}
-
-var errDetached = errors.New("request body no longer available")
-
-// detachable passes reads through until detach; then reads fail without touching r.
-type detachable struct {
-	mu   sync.Mutex
-	r    io.Reader
-	gone bool
-}
-
-func (d *detachable) Read(p []byte) (int, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.gone {
-		return 0, errDetached
-	}
-	return d.r.Read(p)
-}
-
-// detach waits for a Read in progress, then cuts r off.
-func (d *detachable) detach() {
-	d.mu.Lock()
-	d.gone = true
-	d.mu.Unlock()
 }
 
 // err turns a failed answer into sentinel wrapped with the status and, if the API gave one, its

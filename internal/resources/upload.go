@@ -10,6 +10,7 @@ import (
 	"github.com/azaion/loader/internal/cache"
 	"github.com/azaion/loader/internal/cdn"
 	"github.com/azaion/loader/internal/security"
+	"github.com/azaion/loader/internal/streams"
 )
 
 // Upload encrypts r with the resource key and stores it split: the big part first in the
@@ -31,7 +32,7 @@ func (s *Service) Upload(ctx context.Context, folder, name string, r io.Reader) 
 	}
 	// The upload's own reader failing (a client that went away) is not the cache's fault:
 	// remember its error to report it as such.
-	src := &readErrRecorder{r: r}
+	src := streams.RecordErr(r)
 	enc, err := security.NewEncryptReader(src, s.key)
 	if err != nil {
 		return err
@@ -60,9 +61,9 @@ func (s *Service) Upload(ctx context.Context, folder, name string, r io.Reader) 
 		err = t.Sync()
 	}
 	switch {
-	case src.err != nil:
+	case src.Err() != nil:
 		t.Abort()
-		return fmt.Errorf("read upload: %w", src.err)
+		return fmt.Errorf("read upload: %w", src.Err())
 	case err != nil: // e.g. a full disk: 507 with nothing sent anywhere
 		t.Abort()
 		return noSpace(err)
@@ -99,18 +100,4 @@ func (s *Service) splitPoint(headLen int, long bool) int {
 		return s.opts.SplitMax
 	}
 	return min(s.opts.SplitMax, int(s.opts.SplitRatio*float64(headLen)))
-}
-
-// readErrRecorder remembers the first error other than io.EOF of r.
-type readErrRecorder struct {
-	r   io.Reader
-	err error
-}
-
-func (e *readErrRecorder) Read(p []byte) (int, error) {
-	n, err := e.r.Read(p)
-	if err != nil && err != io.EOF && e.err == nil {
-		e.err = err
-	}
-	return n, err
 }

@@ -8,10 +8,10 @@ import (
 	"io/fs"
 	"os"
 	"strings"
-	"sync/atomic"
 
 	"github.com/azaion/loader/internal/docker"
 	"github.com/azaion/loader/internal/security"
+	"github.com/azaion/loader/internal/streams"
 )
 
 // precheck answers whether every image is loaded, or else whether the archive exists
@@ -97,12 +97,12 @@ func (u *Unlocker) load(ctx context.Context, key []byte) error {
 		return err
 	}
 
-	counted := &countingReader{r: f, n: &u.bytesDone, atEOF: func() { u.advance(StateDecrypting, StateLoadingImages) }}
-	plain := &errReader{r: u.newDecrypter(counted, key)}
+	counted := streams.AtEOF(streams.Count(f, &u.bytesDone), func() { u.advance(StateDecrypting, StateLoadingImages) })
+	plain := streams.RecordErr(u.newDecrypter(counted, key))
 	loadErr := u.img.LoadImages(ctx, plain)
 	// A broken archive is the reason, whatever Docker made of the cut-off stream.
-	if plain.err != nil {
-		return archiveError(path, plain.err)
+	if plain.Err() != nil {
+		return archiveError(path, plain.Err())
 	}
 	if loadErr != nil {
 		return dockerError("load the images into Docker", loadErr)
@@ -152,36 +152,4 @@ func archiveError(path string, err error) error {
 	default:
 		return fmt.Errorf("read the encrypted archive %s: %w", path, err)
 	}
-}
-
-// countingReader adds the bytes read to n and calls atEOF once r is exhausted.
-type countingReader struct {
-	r     io.Reader
-	n     *atomic.Int64
-	atEOF func()
-	eof   bool
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n.Add(int64(n))
-	if err == io.EOF && !c.eof {
-		c.eof = true
-		c.atEOF()
-	}
-	return n, err
-}
-
-// errReader remembers the first error from r other than io.EOF.
-type errReader struct {
-	r   io.Reader
-	err error
-}
-
-func (e *errReader) Read(p []byte) (int, error) {
-	n, err := e.r.Read(p)
-	if err != nil && err != io.EOF && e.err == nil {
-		e.err = err
-	}
-	return n, err
 }
