@@ -51,7 +51,7 @@ func stateOf(r *http.Request) *requestState {
 // guarded body. net/http cancels a request's context when a read on the connection ends,
 // which after a complete body is also what a client that half-closes (shutdown(SHUT_WR)) and
 // waits for its answer causes: a complete request must not fail for that. A client that is
-// really gone is noticed when a write to it fails (statusWriter), and a body it left unfinished
+// really gone is noticed when a write to it fails (goneWriter), and a body it left unfinished
 // fails its reads (bodyGuard); every upstream call has its own deadline.
 func (s *Server) detach(w http.ResponseWriter, r *http.Request, st *requestState, start time.Time) (*http.Request, func()) {
 	orig := r.Context()

@@ -124,10 +124,10 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 			slog.Int("status", statusClientGone), slog.String("error", err.Error()))
 		return
 	}
-	if sw, ok := w.(*statusWriter); ok && sw.status != 0 {
+	if sw, ok := answerOf(w); ok && sw.Started() {
 		s.log.LogAttrs(r.Context(), slog.LevelError, "response aborted",
 			slog.String("method", r.Method), slog.String("route", r.Pattern),
-			slog.Int("status", sw.status), slog.String("error", err.Error()))
+			slog.Int("status", sw.Status()), slog.String("error", err.Error()))
 		return
 	}
 	if st.timedOut.Load() && !errors.Is(err, errBodyTimeout) {

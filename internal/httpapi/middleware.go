@@ -9,31 +9,18 @@ import (
 	"strings"
 	"time"
 
+	"github.com/azaion/loader/internal/httprec"
 	"github.com/azaion/loader/internal/resources"
 )
 
-// statusWriter records the status and the body size of an answer, and whether the client went
-// away (a write failed).
-type statusWriter struct {
+// goneWriter notes that the client went away when a write to it fails.
+type goneWriter struct {
 	http.ResponseWriter
-	st     *requestState
-	status int // 0 until the header is written
-	bytes  int64
+	st *requestState
 }
 
-func (w *statusWriter) WriteHeader(status int) {
-	if w.status == 0 {
-		w.status = status
-	}
-	w.ResponseWriter.WriteHeader(status)
-}
-
-func (w *statusWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
+func (w goneWriter) Write(b []byte) (int, error) {
 	n, err := w.ResponseWriter.Write(b)
-	w.bytes += int64(n)
 	if err != nil {
 		w.st.clientGone.Store(true)
 		err = fmt.Errorf("%w: %w", errClientGone, err)
@@ -42,7 +29,13 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 }
 
 // Unwrap lets http.ResponseController reach the connection's writer.
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+func (w goneWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// answerOf is the recorder observe put in front of w, if any.
+func answerOf(w http.ResponseWriter) (*httprec.Recorder, bool) {
+	rec, ok := w.(*httprec.Recorder)
+	return rec, ok
+}
 
 // observe logs one line per request and counts it in the metrics. It logs the method, the path,
 // the route pattern, the status, the body size and the duration: never a body, a query or a
@@ -53,19 +46,17 @@ func (s *Server) observe(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		st := &requestState{}
-		sw := &statusWriter{ResponseWriter: w, st: st}
+		// The status and body size of the answer, and whether the client went away.
+		sw := httprec.New(goneWriter{ResponseWriter: w, st: st})
 		r, undetach := s.detach(w, r, st, start)
 		defer undetach()
 		defer func() {
 			// After a recovered panic that could not be answered (see recoverPanic), the
 			// panic goes on to net/http, which cuts the connection; it is still logged here.
 			d := time.Since(start)
-			status := sw.status
-			switch {
-			case st.clientGone.Load():
+			status := sw.Status()
+			if st.clientGone.Load() {
 				status = statusClientGone
-			case status == 0:
-				status = http.StatusOK
 			}
 			route := s.routeOf(r)
 			level := slog.LevelInfo
@@ -76,7 +67,7 @@ func (s *Server) observe(next http.Handler) http.Handler {
 			s.log.LogAttrs(r.Context(), level, "request",
 				slog.String("method", r.Method), slog.String("path", r.URL.Path),
 				slog.String("route", route), slog.Int("status", status),
-				slog.Int64("bytes", sw.bytes), slog.Duration("duration", d))
+				slog.Int64("bytes", sw.Bytes()), slog.Duration("duration", d))
 			s.metrics.observe(route, status, d)
 		}()
 		next.ServeHTTP(sw, r)
@@ -108,8 +99,8 @@ func (s *Server) recoverPanic(next http.Handler) http.Handler {
 			if v == http.ErrAbortHandler {
 				panic(v)
 			}
-			sw, ok := w.(*statusWriter)
-			started := ok && sw.status != 0
+			sw, ok := answerOf(w)
+			started := ok && sw.Started()
 			s.writeError(w, r, fmt.Errorf("panic: %v", v))
 			if started {
 				panic(http.ErrAbortHandler)

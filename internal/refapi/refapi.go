@@ -38,6 +38,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/azaion/loader/internal/httprec"
 )
 
 // Endpoint names for Calls and SetFault.
@@ -185,11 +187,11 @@ func New(cfg Config) (*Server, error) {
 // password or a token).
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	sw := &statusWriter{ResponseWriter: w}
+	sw := httprec.New(w)
 	endpoint := endpointOf(r.URL.Path)
 	defer func() {
 		s.log.Info("request", "method", r.Method, "path", r.URL.Path, "endpoint", endpoint,
-			"status", sw.status(), "duration", time.Since(start))
+			"status", sw.Status(), "duration", time.Since(start))
 	}()
 
 	if endpoint != "" {
@@ -326,36 +328,6 @@ func (s *Server) User(email string) (User, bool) {
 	}
 	return *u, true
 }
-
-// statusWriter remembers the status for the request log.
-type statusWriter struct {
-	http.ResponseWriter
-	code int
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	if w.code == 0 {
-		w.code = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *statusWriter) Write(b []byte) (int, error) {
-	if w.code == 0 {
-		w.code = http.StatusOK
-	}
-	return w.ResponseWriter.Write(b)
-}
-
-func (w *statusWriter) status() int {
-	if w.code == 0 {
-		return http.StatusOK
-	}
-	return w.code
-}
-
-// Unwrap lets http.ResponseController reach the connection underneath.
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // ResourcePath is where the plaintext of folder/name lives (an empty folder is the top
 // level, where cdn.yaml would be). It is "" for names a client could not ask for.
