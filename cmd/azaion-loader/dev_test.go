@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/azaion/loader/internal/testenv"
 )
 
 // TestServeDev runs the README's first command in-process and follows the curl lines it prints.
@@ -19,7 +21,7 @@ func TestServeDev(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	dir := t.TempDir()
-	var stdout, stderr syncBuffer
+	var stdout, stderr testenv.SyncBuffer
 	errc := make(chan error, 1)
 	go func() {
 		errc <- run(ctx, []string{"serve", "--dev", "--listen-addr", "127.0.0.1:0",

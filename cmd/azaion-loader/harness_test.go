@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -55,7 +54,7 @@ type testEnv struct {
 	loader   *loader
 	srv      *httptest.Server
 	cfg      config.Config
-	logs     *syncBuffer
+	logs     *testenv.SyncBuffer
 	fragment []byte
 	minio    testenv.MinIOServer
 	cdn      refapi.CDNSettings
@@ -63,7 +62,7 @@ type testEnv struct {
 
 func newTestEnv(t *testing.T, o envOptions) *testEnv {
 	t.Helper()
-	e := &testEnv{t: t, logs: &syncBuffer{}}
+	e := &testEnv{t: t, logs: &testenv.SyncBuffer{}}
 	cdn := refapi.CDNSettings{Host: "http://127.0.0.1:1", DownloaderAccessKey: "k", DownloaderAccessSecret: "s", UploaderAccessKey: "k", UploaderAccessSecret: "s"}
 	if o.minio {
 		e.minio = testenv.MinIO(t)
@@ -236,24 +235,6 @@ func (e *testEnv) checkNoSecrets(logs string, extra ...string) {
 	if tok := jwtPattern.FindString(logs); tok != "" {
 		e.t.Errorf("a token %.12s… appears in the logs", tok)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the concurrent writes of a logger.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // readDir returns the concatenated contents of the files in dir ("" if it does not exist).

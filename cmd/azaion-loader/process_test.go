@@ -22,6 +22,7 @@ import (
 
 	"github.com/azaion/loader/internal/docker/dockertest"
 	"github.com/azaion/loader/internal/logging"
+	"github.com/azaion/loader/internal/testenv"
 )
 
 var (
@@ -152,7 +153,7 @@ func TestVersionAndHWInfo(t *testing.T) {
 type process struct {
 	cmd    *exec.Cmd
 	url    string
-	stderr *syncBuffer
+	stderr *testenv.SyncBuffer
 	done   chan struct{} // closed when the process has exited; err is then its exit status
 	err    error
 }
@@ -176,7 +177,7 @@ func startCmd(t *testing.T, cmd *exec.Cmd, env ...string) *process {
 	t.Helper()
 	defaults := []string{"LISTEN_ADDR=127.0.0.1:0", "DEVICE_CONFIG=" + filepath.Join(t.TempDir(), "no-device.conf")}
 	cmd.Env = append(os.Environ(), append(defaults, env...)...)
-	p := &process{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
+	p := &process{cmd: cmd, stderr: &testenv.SyncBuffer{}, done: make(chan struct{})}
 	pr, pw := io.Pipe()
 	cmd.Stderr = io.MultiWriter(p.stderr, pw)
 	if err := cmd.Start(); err != nil {

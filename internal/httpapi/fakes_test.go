@@ -1,7 +1,6 @@
 package httpapi_test
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/azaion/loader/internal/httpapi"
 	"github.com/azaion/loader/internal/resources"
+	"github.com/azaion/loader/internal/testenv"
 	"github.com/azaion/loader/internal/unlock"
 )
 
@@ -121,35 +121,11 @@ func (c *closeRecorder) Close() error {
 	return nil
 }
 
-// syncBuffer is a log sink safe for the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) Reset() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.b.Reset()
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type env struct {
 	auth  *fakeAuth
 	res   *fakeResources
 	unl   *fakeUnlock
-	logs  *syncBuffer
+	logs  *testenv.SyncBuffer
 	srv   *httpapi.Server
 	ts    *httptest.Server
 	token string
@@ -168,7 +144,7 @@ func newEnvWith(t *testing.T, edit func(*httpapi.Config), server func(*httptest.
 		auth: &fakeAuth{},
 		res:  &fakeResources{},
 		unl:  &fakeUnlock{state: unlock.StateAuthenticating},
-		logs: &syncBuffer{},
+		logs: &testenv.SyncBuffer{},
 	}
 	cfg := httpapi.Config{
 		Auth:          e.auth,

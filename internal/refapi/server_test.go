@@ -18,6 +18,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/azaion/loader/internal/refapi"
+	"github.com/azaion/loader/internal/testenv"
 )
 
 func TestLogin(t *testing.T) {
@@ -699,7 +700,7 @@ func TestRoutes(t *testing.T) {
 // TestLogsHoldNoSecrets runs every endpoint and checks the log names requests but holds no
 // password, token, hardware fingerprint, key or CDN secret.
 func TestLogsHoldNoSecrets(t *testing.T) {
-	var buf syncBuffer
+	var buf testenv.SyncBuffer
 	e := newEnv(t, func(c *refapi.Config) {
 		c.Logger = slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})
@@ -723,23 +724,6 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 			t.Errorf("log contains a secret %q", secret)
 		}
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func TestNewAndLoadUsers(t *testing.T) {

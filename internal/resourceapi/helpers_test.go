@@ -20,6 +20,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/azaion/loader/internal/refapi"
+	"github.com/azaion/loader/internal/testenv"
 )
 
 // The client's tests run against the reference Resource API (internal/refapi) over real HTTP:
@@ -65,24 +66,6 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-// syncBuffer collects log output from concurrent goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // fault answers a request in place of the reference API, or passes it on to ref.
 type fault func(w http.ResponseWriter, r *http.Request, ref http.Handler)
 
@@ -92,7 +75,7 @@ type env struct {
 	srv    *httptest.Server
 	client *Client
 	clock  *fakeClock
-	logs   *syncBuffer
+	logs   *testenv.SyncBuffer
 
 	mu       sync.Mutex
 	fault    fault
@@ -103,7 +86,7 @@ type env struct {
 // clock. edit may change the reference API's configuration first.
 func newEnv(t *testing.T, opts Options, edit func(*refapi.Config)) *env {
 	t.Helper()
-	e := &env{clock: newClock(), logs: &syncBuffer{}}
+	e := &env{clock: newClock(), logs: &testenv.SyncBuffer{}}
 	cfg := refapi.Config{
 		Users: []refapi.User{
 			{ID: testUserID, Email: testEmail, Password: testPassword, Role: "Operator"},
