@@ -76,23 +76,6 @@ func listDir(t *testing.T, dir string) []string {
 	return out
 }
 
-// runBinary runs the built loader with args in dir and returns stdout, stderr and the exit code.
-func runBinary(t *testing.T, dir string, args ...string) (string, string, int) {
-	t.Helper()
-	cmd := exec.Command(binary(t), args...)
-	cmd.Dir = dir
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return stdout.String(), stderr.String(), code
-}
-
 func TestArchiveVerifyProcess(t *testing.T) {
 	t.Parallel()
 	f := newAVFixture(t)
@@ -121,7 +104,8 @@ func TestArchiveVerifyProcess(t *testing.T) {
 	before := listDir(t, f.dir)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			stdout, stderr, code := runBinary(t, f.dir, "archive", "verify", "--key-fragment", c.frag, "--in", c.in)
+			r := runBin(t, f.dir, "", nil, "archive", "verify", "--key-fragment", c.frag, "--in", c.in)
+			stdout, stderr, code := r.stdout, r.stderr, r.code
 			if code != c.code {
 				t.Fatalf("exit %d, want %d; stdout %q, stderr %q", code, c.code, stdout, stderr)
 			}
@@ -170,7 +154,8 @@ func TestArchiveDecryptLoads(t *testing.T) {
 	t.Parallel()
 	f := newAVFixture(t)
 	tarPath := filepath.Join(f.dir, "images.tar")
-	stdout, stderr, code := runBinary(t, f.dir, "archive", "decrypt", "--key-fragment", f.fragPath, "--in", f.encPath, "--out", tarPath)
+	r := runBin(t, f.dir, "", nil, "archive", "decrypt", "--key-fragment", f.fragPath, "--in", f.encPath, "--out", tarPath)
+	stdout, stderr, code := r.stdout, r.stderr, r.code
 	if code != 0 || stdout != "" || stderr != "" {
 		t.Fatalf("archive decrypt: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
@@ -194,7 +179,8 @@ func TestArchiveDecryptLoads(t *testing.T) {
 	ulAssertLoaded(t, eng, f.refs)
 
 	// To stdout.
-	stdout, stderr, code = runBinary(t, f.dir, "archive", "decrypt", "--key-fragment", f.fragPath, "--in", f.encPath, "--out", "-")
+	r = runBin(t, f.dir, "", nil, "archive", "decrypt", "--key-fragment", f.fragPath, "--in", f.encPath, "--out", "-")
+	stdout, stderr, code = r.stdout, r.stderr, r.code
 	if code != 0 || stdout != string(f.plain) || stderr != "" {
 		t.Errorf("decrypt to stdout: exit %d, %d bytes out, stderr %q", code, len(stdout), stderr)
 	}

@@ -12,11 +12,9 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -82,15 +80,10 @@ func TestPrefetchFolderProcess(t *testing.T) {
 	cacheDir := t.TempDir()
 	p := startProcess(t, "RESOURCE_API_URL="+e.refSrv.URL, "MODEL_CACHE_DIR="+cacheDir, "LOG_DIR="+t.TempDir(),
 		"PREFETCH="+folder+"/*")
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("loader's log:\n%s", p.stderr.String())
-		}
-	})
 	p.login(t)
 	var st cacheStatus
 	waitUntil(t, time.Minute, "3 parts cached by prefetch", func() bool {
-		_, body := p.send(t, "GET", "/cache", "", nil)
+		_, body := p.send(context.Background(), "GET", "/cache", "", nil)
 		st = cacheStatus{}
 		json.Unmarshal(body, &st)
 		cached := 0
@@ -107,17 +100,17 @@ func TestPrefetchFolderProcess(t *testing.T) {
 		}
 	}
 	m := p.metrics(t)
-	if n := m["azaion_loader_http_requests_total|code=200|route=POST /load/{filename}"]; n != 0 {
+	if n := m[`azaion_loader_http_requests_total{code="200",route="POST /load/{filename}"}`]; n != 0 {
 		t.Fatalf("%v loads before the check", n)
 	}
-	if n := m["azaion_loader_cache_parts|state=cached"]; n != 3 {
+	if n := m[`azaion_loader_cache_parts{state="cached"}`]; n != 3 {
 		t.Errorf("metric of cached parts: %v, want 3", n)
 	}
 	code, got := p.load(t, folder, "b.bin")
 	if code != http.StatusOK || !bytes.Equal(got, content["b.bin"]) {
 		t.Fatalf("load after prefetch: %d", code)
 	}
-	if hit := p.metrics(t)["azaion_loader_cache_lookups_total|result=hit"]; hit != 1 {
+	if hit := p.metrics(t)[`azaion_loader_cache_lookups_total{result="hit"}`]; hit != 1 {
 		t.Errorf("the load after prefetch was no cache hit (%v hits)", hit)
 	}
 }
@@ -134,23 +127,19 @@ func TestUnlockCLIKeepsLiveTemps(t *testing.T) {
 	if err := os.WriteFile(tmp, []byte("an upload in progress"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(binary(t), "unlock", "--email", testEmail)
-	cmd.Env = append(os.Environ(), append(env, "AZAION_PASSWORD=x", "IMAGES_PATH="+filepath.Join(dir, "none.enc"))...)
-	out, err := cmd.CombinedOutput()
-	if err == nil {
-		t.Fatalf("unlock against a closed port succeeded:\n%s", out)
+	r := runBin(t, ".", "", append(env, "AZAION_PASSWORD=x", "IMAGES_PATH="+filepath.Join(dir, "none.enc")), "unlock", "--email", testEmail)
+	if r.code == 0 {
+		t.Fatalf("unlock against a closed port succeeded:\n%s%s", r.stdout, r.stderr)
 	}
 	if _, err := os.Stat(tmp); err != nil {
-		t.Fatalf("the unlock command removed a live service's temp file: %v\n%s", err, out)
+		t.Fatalf("the unlock command removed a live service's temp file: %v\n%s%s", err, r.stdout, r.stderr)
 	}
 	second := startProcess(t, env...)
 	if _, err := os.Stat(tmp); err != nil {
 		t.Fatalf("a second service removed a live service's temp file: %v", err)
 	}
-	for _, p := range []*process{live, second} {
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		<-p.done
-	}
+	live.stop()
+	second.stop()
 	startProcess(t, env...)
 	if _, err := os.Stat(tmp); err == nil {
 		t.Fatal("a start with nobody else using the cache kept a dead run's temp file")
@@ -179,8 +168,7 @@ func TestUploadMemory(t *testing.T) {
 		wg.Wait()
 		hwm := p.vmStatus(t, "VmHWM")
 		t.Logf("%2d concurrent 40 MiB uploads: peak RSS %.1f MiB", n, float64(hwm)/(1<<20))
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		<-p.done
+		p.stop()
 		return hwm
 	}
 	two, sixteen := peak(2), peak(16)
@@ -204,8 +192,8 @@ func TestUploadPartsKilled(t *testing.T) {
 	proxy := newCDNProxy(t, m)
 	cdn := cdnThrough(m, proxy.URL)
 	apiAddr, apiData := freeAddr(t), filepath.Join(t.TempDir(), "data")
-	api := startRefAPIOn(t, apiAddr, apiData, cdn)
-	p := startProcess(t, "RESOURCE_API_URL=http://"+apiAddr, "MODEL_CACHE_DIR="+t.TempDir(), "LOG_DIR="+t.TempDir(),
+	api := startRefapi(t, refapiSetup{addr: apiAddr, dataDir: apiData, cdn: cdn})
+	p := startProcess(t, "RESOURCE_API_URL="+api.url, "MODEL_CACHE_DIR="+t.TempDir(), "LOG_DIR="+t.TempDir(),
 		"CDN_STALL_TIMEOUT=5s")
 	p.login(t)
 	folder := folderFor(t)
@@ -234,11 +222,11 @@ func TestUploadPartsKilled(t *testing.T) {
 
 	parent := t
 	t.Run("refapi", func(t *testing.T) {
-		code := upload("a.bin", func() { api.cmd.Process.Kill(); <-api.done })
+		code := upload("a.bin", api.kill)
 		if code == http.StatusOK {
 			t.Fatal("an upload whose Resource API was killed answered 200")
 		}
-		startRefAPIOn(parent, apiAddr, apiData, cdn) // for the next subtest too
+		startRefapi(parent, refapiSetup{addr: apiAddr, dataDir: apiData, cdn: cdn}) // for the next subtest too
 		if code, body := p.upload(t, context.Background(), folder, "a.bin", content); code != http.StatusOK {
 			t.Fatalf("retry after the Resource API came back: %d %s", code, body)
 		}
@@ -296,7 +284,7 @@ func TestUploadCDNFrozen(t *testing.T) {
 			}()
 			codec := make(chan int, 1)
 			go func() {
-				code, _ := p.sendCtx(t, ctx, "POST", "/upload/"+name, "multipart/form-data; boundary="+testBoundary, pr)
+				code, _ := p.send(ctx, "POST", "/upload/"+name, "multipart/form-data; boundary="+testBoundary, pr)
 				codec <- code
 			}()
 			<-sent
@@ -330,7 +318,7 @@ func TestUploadCDNFrozen(t *testing.T) {
 			var left string
 			t.Cleanup(func() {
 				if t.Failed() {
-					t.Logf("left: %s\nloader's log:\n%s", left, p.stderr.String())
+					t.Logf("left: %s", left)
 				}
 			})
 			waitUntil(t, 2*stall+40*time.Second, "the upload's temp file, goroutines and descriptors freed", func() bool {

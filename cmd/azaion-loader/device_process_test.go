@@ -3,9 +3,7 @@ package main
 // SPEC §10, device identity: the built binary refuses a device.conf it must not use.
 
 import (
-	"bytes"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -32,7 +30,6 @@ func writeDeviceConfig(t *testing.T, content string, mode os.FileMode) string {
 }
 
 func TestDeviceConfigRefused(t *testing.T) {
-	bin := binary(t)
 	good := "# provisioned at flash time\nAZAION_DEVICE_EMAIL=" + deviceEmail + "\nAZAION_DEVICE_PASSWORD='" + devicePassword + "'\n"
 	for _, c := range []struct {
 		name    string
@@ -51,23 +48,19 @@ func TestDeviceConfigRefused(t *testing.T) {
 			path := writeDeviceConfig(t, c.content, c.mode)
 			logDir := t.TempDir()
 			args := []string{"serve"}
-			env := append(os.Environ(), "LISTEN_ADDR=127.0.0.1:0", "LOG_DIR="+logDir, "RESOURCE_API_URL=http://127.0.0.1:1")
+			env := []string{"LISTEN_ADDR=127.0.0.1:0", "LOG_DIR=" + logDir, "RESOURCE_API_URL=http://127.0.0.1:1"}
 			if c.byFlag {
 				args = append(args, "--device-config", path)
 			} else {
 				env = append(env, "DEVICE_CONFIG="+path)
 			}
-			cmd := exec.Command(bin, args...)
-			cmd.Env = env
-			var stdout, stderr bytes.Buffer
-			cmd.Stdout, cmd.Stderr = &stdout, &stderr
-			err := cmd.Run()
-			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
-				t.Fatalf("exit %v, want exit code 2; stderr:\n%s", err, stderr.Bytes())
+			r := runBin(t, "", "", env, args...)
+			if r.code != 2 {
+				t.Fatalf("exit %d, want exit code 2; stderr:\n%s", r.code, r.stderr)
 			}
-			lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+			lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
 			if len(lines) != 1 || !strings.Contains(lines[0], path) {
-				t.Fatalf("want one line naming %s, got:\n%s", path, stderr.Bytes())
+				t.Fatalf("want one line naming %s, got:\n%s", path, r.stderr)
 			}
 			for _, w := range c.want {
 				if !strings.Contains(lines[0], w) {
@@ -75,7 +68,7 @@ func TestDeviceConfigRefused(t *testing.T) {
 				}
 			}
 			t.Logf("%s", lines[0])
-			out := stdout.String() + stderr.String() + readDir(t, logDir)
+			out := r.stdout + r.stderr + readDir(t, logDir)
 			for _, secret := range []string{devicePassword, deviceEmail} {
 				if strings.Contains(out, secret) {
 					t.Errorf("%q is in the output", secret)

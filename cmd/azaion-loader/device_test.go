@@ -5,12 +5,9 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -29,39 +26,6 @@ func deviceConf() string {
 	return fmt.Sprintf("# provisioned for drone 17\nAZAION_DEVICE_EMAIL=%s\nAZAION_DEVICE_PASSWORD='%s'\n", testEmail, testPassword)
 }
 
-// result is how a run of the binary ended.
-type result struct {
-	code           int
-	stdout, stderr string
-	took           time.Duration
-}
-
-// runBin runs the built binary with stdin, env added to the test's environment, and args, and
-// waits for it to exit (bounded: a hang fails the test rather than the run).
-func runBin(t *testing.T, stdin string, env []string, args ...string) result {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, binary(t), args...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Dir = t.TempDir()
-	cmd.Stdin = strings.NewReader(stdin)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	start := time.Now()
-	err := cmd.Run()
-	r := result{stdout: stdout.String(), stderr: stderr.String(), took: time.Since(start)}
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee) && ctx.Err() == nil:
-		r.code = ee.ExitCode()
-	default:
-		t.Fatalf("%v: %v\n%s%s", args, err, r.stdout, r.stderr)
-	}
-	return r
-}
-
 // noCredentials fails if any output holds the test account's password or email.
 func noCredentials(t *testing.T, outputs ...string) {
 	t.Helper()
@@ -78,7 +42,7 @@ func noCredentials(t *testing.T, outputs ...string) {
 func sealFor(t *testing.T, dev string, extra ...string) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "device.sealed")
-	r := runBin(t, deviceConf(), nil, append([]string{"device", "seal", "--in", "-", "--out", out, "--tpm", dev}, extra...)...)
+	r := runBin(t, "", deviceConf(), nil, append([]string{"device", "seal", "--in", "-", "--out", out, "--tpm", dev}, extra...)...)
 	if r.code != 0 {
 		t.Fatalf("device seal: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
@@ -95,7 +59,7 @@ func serveEnv(t *testing.T, e *testEnv, path, dev string, extra ...string) []str
 // refused runs serve, which must exit at once with code and one line saying want.
 func refused(t *testing.T, env []string, code int, want ...string) result {
 	t.Helper()
-	r := runBin(t, "", env, "serve", "--listen-addr", "127.0.0.1:0")
+	r := runBin(t, "", "", env, "serve", "--listen-addr", "127.0.0.1:0")
 	if r.code != code {
 		t.Fatalf("serve: exit %d, want %d\n%s%s", r.code, code, r.stdout, r.stderr)
 	}
@@ -125,7 +89,7 @@ func TestSealedIdentityStartsTheLoader(t *testing.T) {
 		t.Fatalf("the loader did not log the identity:\n%s", p.stderr.String())
 	}
 	// The unsealed identity logs in by itself (SPEC §10): once, and then there is nothing to unlock.
-	st := p.pollStatus(t, "the unattended login", time.Minute, func(s procStatus) bool { return s.Unattended.State == "done" || s.Unattended.State == "failed" })
+	st := p.pollStatus(t, "the unattended login", time.Minute, func(s statusBody) bool { return s.Unattended.State == "done" || s.Unattended.State == "failed" })
 	if st.Unattended.State != "done" || !st.Authenticated || e.ref.Calls(refapi.EndpointLogin) != 1 {
 		t.Errorf("after the start: %v with %d logins; want done, logged in once", st, e.ref.Calls(refapi.EndpointLogin))
 	}
@@ -156,7 +120,7 @@ func TestSealedFileHoldsNoSecret(t *testing.T) {
 		{"--in", "-", "--pcrs", "7"},
 	} {
 		out := filepath.Join(dir, fmt.Sprintf("device-%d.sealed", i))
-		r := runBin(t, conf, nil, append([]string{"device", "seal", "--out", out, "--tpm-device", dev}, args...)...)
+		r := runBin(t, "", conf, nil, append([]string{"device", "seal", "--out", out, "--tpm-device", dev}, args...)...)
 		if r.code != 0 {
 			t.Fatalf("seal %v: exit %d\n%s", args, r.code, r.stderr)
 		}
@@ -340,7 +304,7 @@ func TestDeviceInfo(t *testing.T) {
 		"sealed, other": {sealed, other.Device, []string{": sealed (", "sealed for another TPM"}},
 	} {
 		t.Run(name, func(t *testing.T) {
-			r := runBin(t, "", []string{"DEVICE_CONFIG=" + c.conf, "TPM_DEVICE=" + c.dev}, "device", "info")
+			r := runBin(t, "", "", []string{"DEVICE_CONFIG=" + c.conf, "TPM_DEVICE=" + c.dev}, "device", "info")
 			if r.code != 0 {
 				t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
 			}
@@ -355,7 +319,7 @@ func TestDeviceInfo(t *testing.T) {
 	}
 	t.Run("TPM stopped", func(t *testing.T) {
 		other.Pause(t)
-		r := runBin(t, "", []string{"DEVICE_CONFIG=" + sealed, "TPM_DEVICE=" + other.Device, "TPM_TIMEOUT=1s"}, "device", "info")
+		r := runBin(t, "", "", []string{"DEVICE_CONFIG=" + sealed, "TPM_DEVICE=" + other.Device, "TPM_TIMEOUT=1s"}, "device", "info")
 		for _, w := range []string{"does not answer", "within 1s", ": sealed (", "unknown (the TPM does not answer)"} {
 			if !strings.Contains(r.stdout, w) {
 				t.Errorf("device info does not say %q:\n%s", w, r.stdout)
@@ -383,7 +347,7 @@ func TestDeviceSealRefusals(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			args := append([]string{"device", "seal", "--in", "-", "--out", out, "--tpm", dev}, c.args...)
-			r := runBin(t, c.stdin, nil, args...)
+			r := runBin(t, "", c.stdin, nil, args...)
 			if r.code != c.code || !strings.Contains(r.stderr, c.want) {
 				t.Fatalf("exit %d, want %d saying %q:\n%s%s", r.code, c.code, c.want, r.stdout, r.stderr)
 			}
@@ -396,24 +360,24 @@ func TestDeviceSealRefusals(t *testing.T) {
 			}
 		})
 	}
-	r := runBin(t, "", nil, "device", "seal", "--out", out)
+	r := runBin(t, "", "", nil, "device", "seal", "--out", out)
 	if r.code != 2 || !strings.Contains(r.stderr, "--in and --out") {
 		t.Fatalf("no --in: exit %d\n%s", r.code, r.stderr)
 	}
 }
 
 func TestDeviceHelp(t *testing.T) {
-	r := runBin(t, "", nil, "device", "seal", "--help")
+	r := runBin(t, "", "", nil, "device", "seal", "--help")
 	for _, w := range []string{"--pcrs", "firmware update", "--in", "standard input", "TPM_DEVICE", "TPM_TIMEOUT"} {
 		if !strings.Contains(r.stdout, w) {
 			t.Errorf("device seal --help does not mention %q:\n%s", w, r.stdout)
 		}
 	}
-	r = runBin(t, "", nil, "--help")
+	r = runBin(t, "", "", nil, "--help")
 	if !strings.Contains(r.stdout, "device") {
 		t.Errorf("--help does not list the device command:\n%s", r.stdout)
 	}
-	r = runBin(t, "", nil, "serve", "--help")
+	r = runBin(t, "", "", nil, "serve", "--help")
 	for _, w := range []string{"TPM_DEVICE", `default "/dev/tpmrm0"`, "TPM_TIMEOUT"} {
 		if !strings.Contains(r.stdout, w) {
 			t.Errorf("serve --help does not mention %q", w)

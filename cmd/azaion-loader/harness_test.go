@@ -17,6 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
 	"github.com/azaion/loader/internal/config"
 	"github.com/azaion/loader/internal/hardware"
 	"github.com/azaion/loader/internal/refapi"
@@ -185,6 +188,52 @@ func (e *testEnv) login() {
 	}
 }
 
+// statusBody is GET /status (with the unattended block of SPEC §10).
+type statusBody struct {
+	Status        string `json:"status"`
+	Authenticated bool   `json:"authenticated"`
+	ModelCacheDir string `json:"modelCacheDir"`
+	Email         string `json:"email"`
+	Role          string `json:"role"`
+	Unattended    struct {
+		State         string  `json:"state"`
+		Attempts      *int    `json:"attempts"`
+		NextAttemptAt *string `json:"nextAttemptAt"`
+		LastError     *string `json:"lastError"`
+	} `json:"unattended"`
+}
+
+func (s statusBody) String() string {
+	u := s.Unattended
+	str := func(p *string) string {
+		if p == nil {
+			return "null"
+		}
+		return *p
+	}
+	n := -1
+	if u.Attempts != nil {
+		n = *u.Attempts
+	}
+	return fmt.Sprintf("status=%s authenticated=%v email=%q role=%s modelCacheDir=%s unattended{state=%s attempts=%d next=%s lastError=%s}",
+		s.Status, s.Authenticated, s.Email, s.Role, s.ModelCacheDir, u.State, n, str(u.NextAttemptAt), str(u.LastError))
+}
+
+func (s statusBody) attempts() int { return *s.Unattended.Attempts }
+
+func (e *testEnv) status() statusBody {
+	e.t.Helper()
+	code, body := e.do(http.MethodGet, "/status", nil)
+	if code != http.StatusOK {
+		e.t.Fatalf("/status: %d %s", code, body)
+	}
+	var st statusBody
+	if err := json.Unmarshal(body, &st); err != nil {
+		e.t.Fatalf("/status body %q: %v", body, err)
+	}
+	return st
+}
+
 // detail decodes the loader's error body {"detail": "..."}.
 func detail(t *testing.T, body []byte) string {
 	t.Helper()
@@ -253,4 +302,45 @@ func readDir(t *testing.T, dir string) string {
 		b.Write(data)
 	}
 	return b.String()
+}
+
+// scrape reads the loader's /metrics as Prometheus text and returns every sample by its
+// series name with labels sorted, e.g. `x_total{code="200",route="GET /health"}`.
+func scrape(t *testing.T, e *testEnv) map[string]float64 {
+	t.Helper()
+	code, body := e.do(http.MethodGet, "/metrics", nil)
+	if code != http.StatusOK {
+		t.Fatalf("/metrics: %d", code)
+	}
+	return parseMetrics(t, body)
+}
+
+// parseMetrics reads Prometheus text as scrape returns it.
+func parseMetrics(t testing.TB, body []byte) map[string]float64 {
+	t.Helper()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(strings.NewReader(string(body)))
+	if err != nil {
+		t.Fatalf("/metrics is not Prometheus text format: %v", err)
+	}
+	out := make(map[string]float64)
+	for name, f := range families {
+		for _, m := range f.GetMetric() {
+			key := name
+			if len(m.GetLabel()) > 0 {
+				var parts []string
+				for _, l := range m.GetLabel() {
+					parts = append(parts, l.GetName()+`="`+l.GetValue()+`"`)
+				}
+				key += "{" + strings.Join(parts, ",") + "}"
+			}
+			switch {
+			case m.Counter != nil:
+				out[key] = m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				out[key] = m.GetGauge().GetValue()
+			}
+		}
+	}
+	return out
 }

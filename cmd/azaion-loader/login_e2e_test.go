@@ -26,27 +26,6 @@ func TestHealthAndStatusBeforeLogin(t *testing.T) {
 	}
 }
 
-type statusBody struct {
-	Status        string `json:"status"`
-	Authenticated bool   `json:"authenticated"`
-	ModelCacheDir string `json:"modelCacheDir"`
-	Email         string `json:"email"`
-	Role          string `json:"role"`
-}
-
-func (e *testEnv) status() statusBody {
-	e.t.Helper()
-	code, body := e.do(http.MethodGet, "/status", nil)
-	if code != http.StatusOK {
-		e.t.Fatalf("/status: %d %s", code, body)
-	}
-	var st statusBody
-	if err := json.Unmarshal(body, &st); err != nil {
-		e.t.Fatalf("/status body %q: %v", body, err)
-	}
-	return st
-}
-
 func TestLoginThroughReferenceAPI(t *testing.T) {
 	e := newTestEnv(t, envOptions{})
 	code, body := e.postJSON("/login", map[string]string{"email": testEmail, "password": testPassword})

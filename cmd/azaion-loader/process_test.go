@@ -3,95 +3,55 @@ package main
 // Tests of the real binary, started as a process the way an operator or systemd starts it.
 
 import (
-	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
-	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/azaion/loader/internal/docker/dockertest"
 	"github.com/azaion/loader/internal/logging"
-	"github.com/azaion/loader/internal/testenv"
 )
-
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// binary builds azaion-loader once per test run.
-func binary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "azaion-loader-bin-*")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "azaion-loader")
-		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
-}
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if binPath != "" {
-		os.RemoveAll(filepath.Dir(binPath))
-	}
-	os.Exit(code)
-}
 
 func TestHelpListsEveryVariable(t *testing.T) {
-	bin := binary(t)
-	out, err := exec.Command(bin, "--help").CombinedOutput()
-	if err != nil {
-		t.Fatalf("--help: %v\n%s", err, out)
+	r := runBin(t, "", "", nil, "--help")
+	out := r.stdout + r.stderr
+	if r.code != 0 {
+		t.Fatalf("--help: exit %d\n%s", r.code, out)
 	}
 	for _, c := range []string{"serve", "unlock", "archive", "hwinfo", "version"} {
-		if !strings.Contains(string(out), c) {
+		if !strings.Contains(out, c) {
 			t.Errorf("--help does not list the %s command:\n%s", c, out)
 		}
 	}
-	out, err = exec.Command(bin, "serve", "--help").CombinedOutput()
-	if err != nil {
-		t.Fatalf("serve --help: %v\n%s", err, out)
+	r = runBin(t, "", "", nil, "serve", "--help")
+	out = r.stdout + r.stderr
+	if r.code != 0 {
+		t.Fatalf("serve --help: exit %d\n%s", r.code, out)
 	}
 	// SPEC §7's variables, written out here rather than taken from the code under test.
 	spec := []string{"RESOURCE_API_URL", "IMAGES_PATH", "API_VERSION", "DOCKER_IMAGES", "MODEL_CACHE_DIR",
 		"LISTEN_ADDR", "LOG_DIR", "LOG_LEVEL", "LOADER_API_TOKEN", "DOCKER_HOST"}
 	for _, name := range append(spec, "--dev") {
-		if !strings.Contains(string(out), name) {
+		if !strings.Contains(out, name) {
 			t.Errorf("serve --help does not mention %s", name)
 		}
 	}
 	for _, want := range []string{`default "https://api.azaion.com"`, `default ":8080"`, `default "/opt/azaion/images.enc"`} {
-		if !strings.Contains(string(out), want) {
+		if !strings.Contains(out, want) {
 			t.Errorf("serve --help does not show %s", want)
 		}
 	}
 }
 
 func TestBadCommandLine(t *testing.T) {
-	bin := binary(t)
 	dir := t.TempDir()
 	for _, c := range []struct {
 		name string
@@ -109,15 +69,12 @@ func TestBadCommandLine(t *testing.T) {
 		{"archive without flags", []string{"archive", "encrypt"}, nil, "--key-fragment"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			cmd := exec.Command(bin, c.args...)
-			cmd.Env = append(os.Environ(), c.env...)
-			cmd.Dir = dir
-			out, err := cmd.CombinedOutput()
-			ee, ok := err.(*exec.ExitError)
-			if !ok || ee.ExitCode() != 2 {
-				t.Fatalf("exit %v, want exit code 2; output:\n%s", err, out)
+			r := runBin(t, dir, "", c.env, c.args...)
+			out := r.stdout + r.stderr
+			if r.code != 2 {
+				t.Fatalf("exit %d, want exit code 2; output:\n%s", r.code, out)
 			}
-			lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+			lines := strings.Split(strings.TrimSpace(out), "\n")
 			if len(lines) != 1 || !strings.Contains(lines[0], c.want) {
 				t.Fatalf("want one line naming %s, got:\n%s", c.want, out)
 			}
@@ -126,79 +83,26 @@ func TestBadCommandLine(t *testing.T) {
 }
 
 func TestVersionAndHWInfo(t *testing.T) {
-	bin := binary(t)
-	out, err := exec.Command(bin, "version").Output()
-	if err != nil || !strings.HasPrefix(string(out), "azaion-loader dev (commit unknown, go1.") {
-		t.Fatalf("version: %v %q", err, out)
+	r := runBin(t, ".", "", nil, "version")
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "azaion-loader dev (commit unknown, go1.") {
+		t.Fatalf("version: exit %d %q", r.code, r.stdout)
 	}
 	const fixture = "../../internal/hardware/testdata/bare-vm"
-	out, err = exec.Command(bin, "hwinfo", "--root", fixture).Output()
-	if err != nil {
-		t.Fatalf("hwinfo: %v", err)
+	r = runBin(t, ".", "", nil, "hwinfo", "--root", fixture)
+	if r.code != 0 {
+		t.Fatalf("hwinfo: exit %d %s", r.code, r.stderr)
 	}
 	// What a person reads off the fixture's /proc/cpuinfo and /proc/meminfo; no disk serial, no GPU.
-	if want := "CPU: AMD EPYC 7763 64-Core Processor. GPU: Unknown. Memory: 4 GiB. DriveSerial: Unknown\n"; string(out) != want {
-		t.Fatalf("hwinfo --root %s printed %q, want %q", fixture, out, want)
+	if want := "CPU: AMD EPYC 7763 64-Core Processor. GPU: Unknown. Memory: 4 GiB. DriveSerial: Unknown\n"; r.stdout != want {
+		t.Fatalf("hwinfo --root %s printed %q, want %q", fixture, r.stdout, want)
 	}
-	out, err = exec.Command(bin, "hwinfo").Output() // this machine
-	if err != nil || !regexp.MustCompile(`^CPU: .+\. GPU: .+\. Memory: .+\. DriveSerial: .+\n$`).Match(out) {
-		t.Fatalf("hwinfo on this machine: %v %q", err, out)
+	r = runBin(t, ".", "", nil, "hwinfo") // this machine
+	if r.code != 0 || !regexp.MustCompile(`^CPU: .+\. GPU: .+\. Memory: .+\. DriveSerial: .+\n$`).MatchString(r.stdout) {
+		t.Fatalf("hwinfo on this machine: exit %d %q", r.code, r.stdout)
 	}
-	if again, _ := exec.Command(bin, "hwinfo").Output(); string(again) != string(out) {
-		t.Fatalf("hwinfo not stable: %q then %q", out, again)
+	if again := runBin(t, ".", "", nil, "hwinfo"); again.stdout != r.stdout {
+		t.Fatalf("hwinfo not stable: %q then %q", r.stdout, again.stdout)
 	}
-}
-
-// process is a running azaion-loader serve.
-type process struct {
-	cmd    *exec.Cmd
-	url    string
-	stderr *testenv.SyncBuffer
-	done   chan struct{} // closed when the process has exited; err is then its exit status
-	err    error
-}
-
-// startProcess starts `azaion-loader serve` on a free loopback port with env added.
-func startProcess(t *testing.T, env ...string) *process {
-	t.Helper()
-	return startServe(t, nil, env...)
-}
-
-// startServe starts `azaion-loader serve ARGS...` on a free loopback port with env added. The
-// device identity is none unless env sets DEVICE_CONFIG.
-func startServe(t *testing.T, args []string, env ...string) *process {
-	t.Helper()
-	return startCmd(t, exec.Command(binary(t), append([]string{"serve"}, args...)...), env...)
-}
-
-// startCmd starts cmd, which runs `azaion-loader serve` (perhaps through a wrapper that execs
-// it), as startServe does.
-func startCmd(t *testing.T, cmd *exec.Cmd, env ...string) *process {
-	t.Helper()
-	defaults := []string{"LISTEN_ADDR=127.0.0.1:0", "DEVICE_CONFIG=" + filepath.Join(t.TempDir(), "no-device.conf")}
-	cmd.Env = append(os.Environ(), append(defaults, env...)...)
-	p := &process{cmd: cmd, stderr: &testenv.SyncBuffer{}, done: make(chan struct{})}
-	pr, pw := io.Pipe()
-	cmd.Stderr = io.MultiWriter(p.stderr, pw)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.err = cmd.Wait(); pw.Close(); close(p.done) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-p.done
-	})
-	addr := regexp.MustCompile(`msg=listening addr=(\S+)`)
-	sc := bufio.NewScanner(pr)
-	for sc.Scan() {
-		if m := addr.FindStringSubmatch(sc.Text()); m != nil {
-			p.url = "http://" + m[1]
-			go io.Copy(io.Discard, pr) // keep draining
-			return p
-		}
-	}
-	t.Fatalf("the loader did not start:\n%s", p.stderr.String())
-	return nil
 }
 
 func TestSIGTERMLetsALoadFinish(t *testing.T) {
@@ -218,31 +122,17 @@ func TestSIGTERMLetsALoadFinish(t *testing.T) {
 	if _, err := os.Stat(old); !os.IsNotExist(err) {
 		t.Errorf("a 31-day-old log file survived the start (%v)", err)
 	}
-	post := func(path, ctype string, body io.Reader) *http.Response {
-		req, _ := http.NewRequest(http.MethodPost, p.url+path, body)
-		req.Header.Set("Content-Type", ctype)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp
-	}
-	resp := post("/login", "application/json", strings.NewReader(fmt.Sprintf(`{"email":%q,"password":%q}`, testEmail, testPassword)))
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("login: %d", resp.StatusCode)
-	}
+	p.login(t)
 	// Upload through the process, so its cache holds the big part.
-	pr, pw := io.Pipe()
-	mw := multipartWriter(pw, folder, "big.bin", content)
-	go mw()
-	resp = post("/upload/big.bin", "multipart/form-data; boundary="+testBoundary, pr)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("upload: %d", resp.StatusCode)
+	if code, body := p.upload(t, context.Background(), folder, "big.bin", content); code != http.StatusOK {
+		t.Fatalf("upload: %d %s", code, body)
 	}
 
-	resp = post("/load/big.bin", "application/json", strings.NewReader(`{"folder":"`+folder+`"}`))
+	// The load's answer is read in two goes, around the SIGTERM.
+	resp, err := http.Post(p.url+"/load/big.bin", "application/json", strings.NewReader(`{"folder":"`+folder+`"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK || resp.ContentLength != size {
 		t.Fatalf("load: %d, Content-Length %d", resp.StatusCode, resp.ContentLength)
@@ -256,12 +146,7 @@ func TestSIGTERMLetsALoadFinish(t *testing.T) {
 	}
 	// The rest of the stream is read only once the shutdown is under way: the loader said so,
 	// and it takes no new connection.
-	for deadline := time.Now().Add(time.Minute); !strings.Contains(p.stderr.String(), "shutting down"); {
-		if time.Now().After(deadline) {
-			t.Fatalf("no shutdown after SIGTERM:\n%s", p.stderr.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitUntil(t, time.Minute, "the shutdown after SIGTERM", func() bool { return strings.Contains(p.stderr.String(), "shutting down") })
 	waitListenerClosed(t, strings.TrimPrefix(p.url, "http://"))
 	n, err := io.Copy(h, resp.Body)
 	if err != nil || n != size-(1<<20) {
@@ -308,51 +193,23 @@ func TestProcessLogsHoldNoSecrets(t *testing.T) {
 	p := startProcess(t, "RESOURCE_API_URL="+e.refSrv.URL, "MODEL_CACHE_DIR="+t.TempDir(), "LOG_DIR="+logDir,
 		"LOG_LEVEL=debug", "DOCKER_HOST="+e.cfg.DockerHost, "IMAGES_PATH="+archive,
 		"DOCKER_IMAGES="+strings.Join(images, ","), "API_VERSION="+tag)
-	call := func(method, path, ctype string, body io.Reader) []byte {
-		t.Helper()
-		req, _ := http.NewRequest(method, p.url+path, body)
-		if ctype != "" {
-			req.Header.Set("Content-Type", ctype)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("%s %s: %d %s", method, path, resp.StatusCode, b)
-		}
-		return b
-	}
-	creds := fmt.Sprintf(`{"email":%q,"password":%q}`, testEmail, testPassword)
-	call("POST", "/login", "application/json", strings.NewReader(creds))
+	p.login(t)
 	folder := folderFor(t)
 	content := payload(100<<10, 12)
-	pr, pw := io.Pipe()
-	go multipartWriter(pw, folder, "m.bin", content)()
-	call("POST", "/upload/m.bin", "multipart/form-data; boundary="+testBoundary, pr)
-	if got := call("POST", "/load/m.bin", "application/json", strings.NewReader(`{"folder":"`+folder+`"}`)); !bytes.Equal(got, content) {
-		t.Fatal("load returned other bytes than uploaded")
+	if code, body := p.upload(t, context.Background(), folder, "m.bin", content); code != http.StatusOK {
+		t.Fatalf("upload: %d %s", code, body)
 	}
-	call("POST", "/unlock", "application/json", strings.NewReader(creds))
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		var st struct {
-			State string  `json:"state"`
-			Error *string `json:"error"`
-		}
-		json.Unmarshal(call("GET", "/unlock/status", "", nil), &st)
-		if st.State == "ready" {
-			break
-		}
-		if st.State == "error" || time.Now().After(deadline) {
-			t.Fatalf("unlock ended in %s (%v)", st.State, st.Error)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if code, got := p.load(t, folder, "m.bin"); code != http.StatusOK || !bytes.Equal(got, content) {
+		t.Fatalf("load: %d, %d bytes, want the %d uploaded", code, len(got), len(content))
 	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	<-p.done
+	if code, body, _ := p.call(t, "POST", "/unlock", testCreds()); code != http.StatusOK {
+		t.Fatalf("POST /unlock: %d %s", code, body)
+	}
+	st := p.pollUnlock(t, "the unlock to end", 2*time.Minute, 50*time.Millisecond, func(s ulStatus) bool { return s.State == "ready" || s.State == "error" })
+	if st.State != "ready" {
+		t.Fatalf("unlock ended %v", st)
+	}
+	p.stop()
 
 	logs := p.stderr.String() + readDir(t, logDir)
 	e.checkNoSecrets(logs)
@@ -360,18 +217,5 @@ func TestProcessLogsHoldNoSecrets(t *testing.T) {
 		if !strings.Contains(logs, want) {
 			t.Errorf("the logs lack %q: the check above read the wrong thing", want)
 		}
-	}
-}
-
-const testBoundary = "azaion-test-boundary"
-
-// multipartWriter returns a function streaming a multipart body (folder, then the file) to w.
-func multipartWriter(w *io.PipeWriter, folder, name string, content []byte) func() {
-	return func() {
-		fmt.Fprintf(w, "--%s\r\nContent-Disposition: form-data; name=\"folder\"\r\n\r\n%s\r\n", testBoundary, folder)
-		fmt.Fprintf(w, "--%s\r\nContent-Disposition: form-data; name=\"data\"; filename=%q\r\nContent-Type: application/octet-stream\r\n\r\n", testBoundary, name)
-		w.Write(content)
-		fmt.Fprintf(w, "\r\n--%s--\r\n", testBoundary)
-		w.Close()
 	}
 }

@@ -13,23 +13,6 @@ import (
 	"time"
 )
 
-// waitListenerClosed waits until addr refuses new connections: the server's Shutdown has begun.
-func waitListenerClosed(t *testing.T, addr string) {
-	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			return
-		}
-		c.Close()
-		if time.Now().After(deadline) {
-			t.Fatalf("%s still accepts connections", addr)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // On SIGTERM the HTTP server drains before the unlocker closes: a POST /unlock in flight gets
 // its answer, not a 500 from a closed unlocker. (Issue 11: serveHTTP closed the unlocker first.)
 func TestShutdownAnswersAnInFlightUnlock(t *testing.T) {
@@ -48,7 +31,7 @@ func TestShutdownAnswersAnInFlightUnlock(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	body := fmt.Sprintf(`{"email":%q,"password":%q}`, testEmail, testPassword)
+	body := testCreds()
 	// With Expect: 100-continue the server says when the handler starts reading the body.
 	fmt.Fprintf(conn, "POST /unlock HTTP/1.1\r\nHost: loader\r\nContent-Type: application/json\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n", len(body))
 	br := bufio.NewReader(conn)

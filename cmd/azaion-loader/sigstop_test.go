@@ -6,8 +6,8 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -27,10 +27,10 @@ const margin = 5 * time.Second
 func TestResourceAPISIGSTOP(t *testing.T) {
 	t.Parallel()
 	const upstreamTimeout = 2 * time.Second
-	ref := startRefapi(t, []byte("a key fragment nobody uses here"))
+	ref := startRefapi(t, refapiSetup{fragment: []byte("a key fragment nobody uses here")})
 	p := startProcess(t, "RESOURCE_API_URL="+ref.url, "UPSTREAM_TIMEOUT="+upstreamTimeout.String(),
 		"MODEL_CACHE_DIR="+t.TempDir(), "LOG_DIR="+t.TempDir())
-	creds := fmt.Sprintf(`{"email":%q,"password":%q}`, testEmail, testPassword)
+	creds := testCreds()
 	if code, body, _ := p.call(t, "POST", "/login", creds); code != http.StatusOK {
 		t.Fatalf("login: %d %s", code, body)
 	}
@@ -85,7 +85,7 @@ func measure(t *testing.T, p *process) *latencies {
 				l.mu.Lock()
 				paused := l.paused
 				l.mu.Unlock()
-				code, _, took, err := p.try("GET", path, "")
+				code, _, took, err := p.request(context.Background(), "GET", path, "", nil)
 				if err != nil || code != http.StatusOK {
 					t.Errorf("GET %s: %d %v", path, code, err)
 					return
@@ -142,7 +142,7 @@ func TestDockerSIGSTOP(t *testing.T) {
 	p := startServe(t, []string{"--docker-timeout", dockerTimeout.String()},
 		"RESOURCE_API_URL="+e.refSrv.URL, "DOCKER_HOST="+host, "IMAGES_PATH="+e.cfg.ImagesPath,
 		"DOCKER_IMAGES="+images[0], "API_VERSION="+tag, "MODEL_CACHE_DIR="+t.TempDir(), "LOG_DIR="+logDir)
-	creds := fmt.Sprintf(`{"email":%q,"password":%q}`, testEmail, testPassword)
+	creds := testCreds()
 	post := func() (string, time.Duration) {
 		t.Helper()
 		code, body, took := p.call(t, "POST", "/unlock", creds)

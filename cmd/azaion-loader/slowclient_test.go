@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -166,22 +165,14 @@ func TestSlowlorisUnderFDLimit(t *testing.T) {
 		}
 		time.Sleep(250 * time.Millisecond) // pacing of the probe, as a monitor polls
 	}
-	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.cmd.Process.Pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(fds) >= 1024 {
-		t.Errorf("the loader holds %d descriptors, at its limit", len(fds))
+	fds := p.fds(t)
+	if fds >= 1024 {
+		t.Errorf("the loader holds %d descriptors, at its limit", fds)
 	}
 	if !strings.Contains(p.stderr.String(), "closed slow or idle connections to make room") {
 		t.Error("no log line about connections closed at the bound")
 	}
-	t.Logf("%d connects by 1,100 slow clients; the loader holds %d descriptors", connects.Load(), len(fds))
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+	t.Logf("%d connects by 1,100 slow clients; the loader holds %d descriptors", connects.Load(), fds)
 }
 
 // TestHalfClosedUploadCommits: a client that sends a whole upload and then shuts down its write

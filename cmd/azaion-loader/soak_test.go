@@ -9,9 +9,6 @@ import (
 	"mime/multipart"
 	"net"
 	"net/http"
-	"os"
-	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -51,8 +48,7 @@ func TestSoak(t *testing.T) {
 	}
 
 	// The account and two resources: a small one loaded whole, a bigger one abandoned half-way.
-	creds := fmt.Sprintf(`{"email":%q,"password":%q}`, testEmail, testPassword)
-	if code, b, err := drain(do("POST", "/login", "application/json", strings.NewReader(creds))); code != 200 {
+	if code, b, err := drain(do("POST", "/login", "application/json", strings.NewReader(testCreds()))); code != 200 {
 		t.Fatalf("login: %d %s %v", code, b, err)
 	}
 	folder := folderFor(t)
@@ -171,9 +167,8 @@ func TestSoak(t *testing.T) {
 		t.Fatalf("warm-up: %v", problems)
 	}
 	client.CloseIdleConnections()
-	pid := p.cmd.Process.Pid
 	var base sample
-	waitUntil(t, time.Minute, "the warm-up connections closed", func() bool { base = takeSample(t, p.url, pid); return base.conns == 0 })
+	waitUntil(t, time.Minute, "the warm-up connections closed", func() bool { base = p.sample(t); return base.conns == 0 })
 
 	start := time.Now()
 	counts, problems := run(total)
@@ -196,7 +191,7 @@ func TestSoak(t *testing.T) {
 	client.CloseIdleConnections()
 	var after sample
 	settled := func() bool {
-		after = takeSample(t, p.url, pid)
+		after = p.sample(t)
 		return after.conns == 0 && after.goroutines <= base.goroutines+5 && after.fds <= base.fds+5
 	}
 	deadline := time.Now().Add(time.Minute)
@@ -236,44 +231,4 @@ func slowBody(addr string) (int, error) {
 	}
 	resp.Body.Close()
 	return resp.StatusCode, nil
-}
-
-// sample is what the process holds at a moment.
-type sample struct {
-	goroutines, fds, conns int
-	rss                    int64
-}
-
-var metricLine = regexp.MustCompile(`(?m)^(go_goroutines|azaion_loader_http_connections_open) (\d+)`)
-
-// takeSample reads the loader's goroutines and open connections from /metrics (whose own
-// connection is not counted) and its descriptors and RSS from /proc.
-func takeSample(t *testing.T, url string, pid int) sample {
-	t.Helper()
-	resp, err := (&http.Client{Transport: &http.Transport{DisableKeepAlives: true}}).Get(url + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	var s sample
-	for _, m := range metricLine.FindAllStringSubmatch(string(b), -1) {
-		n, _ := strconv.Atoi(m[2])
-		if m[1] == "go_goroutines" {
-			s.goroutines = n
-		} else {
-			s.conns = n - 1 // the scrape's own
-		}
-	}
-	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.fds = len(fds)
-	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if m := regexp.MustCompile(`VmRSS:\s+(\d+) kB`).FindSubmatch(status); m != nil {
-		kb, _ := strconv.ParseInt(string(m[1]), 10, 64)
-		s.rss = kb << 10
-	}
-	return s
 }

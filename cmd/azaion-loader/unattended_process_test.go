@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/azaion/loader/internal/docker/dockertest"
+	"github.com/azaion/loader/internal/httprec"
 	"github.com/azaion/loader/internal/refapi"
 )
 
@@ -29,13 +30,7 @@ func TestUnattendedBootWaitsForTheAPI(t *testing.T) {
 	refs := ulRefs(images, tag)
 	ulEncrypt(t, e.fragment, bytes.NewReader(dockertest.BuildArchive(t, e.cfg.DockerHost, refs)), e.cfg.ImagesPath)
 
-	// The API's address, with nothing listening on it yet.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	apiAddr := ln.Addr().String()
-	ln.Close()
+	apiAddr := freeAddr(t) // the API's address, with nothing listening on it yet
 
 	const maxDelay = time.Second
 	logDir := t.TempDir()
@@ -48,7 +43,7 @@ func TestUnattendedBootWaitsForTheAPI(t *testing.T) {
 	waiting := func(phase string, after int, reason string) int {
 		t.Helper()
 		var last int
-		st := p.pollStatus(t, phase, 2*time.Minute, func(s procStatus) bool {
+		st := p.pollStatus(t, phase, 2*time.Minute, func(s statusBody) bool {
 			if n := s.attempts(); n < last {
 				t.Fatalf("%s: attempts went down from %d: %v", phase, last, s)
 			} else {
@@ -84,6 +79,7 @@ func TestUnattendedBootWaitsForTheAPI(t *testing.T) {
 	okLogins := &countOK{h: e.ref, path: "/login"}
 	api := httptest.NewUnstartedServer(okLogins)
 	api.Listener.Close()
+	var err error
 	if api.Listener, err = net.Listen("tcp", apiAddr); err != nil {
 		t.Fatalf("listen on the API's address again: %v", err)
 	}
@@ -97,7 +93,7 @@ func TestUnattendedBootWaitsForTheAPI(t *testing.T) {
 	if u.State != "ready" {
 		t.Fatalf("the unattended unlock ended %v", u)
 	}
-	st := p.pollStatus(t, "done", time.Minute, func(s procStatus) bool { return s.Unattended.State != "working" })
+	st := p.pollStatus(t, "done", time.Minute, func(s statusBody) bool { return s.Unattended.State != "working" })
 	if st.Unattended.State != "done" || !st.Authenticated || st.Role != "CompanionPC" ||
 		st.Unattended.NextAttemptAt != nil || st.Unattended.LastError != nil {
 		t.Errorf("status once ready: %v; want done, logged in as the device", st)
@@ -111,7 +107,7 @@ func TestUnattendedBootWaitsForTheAPI(t *testing.T) {
 	}
 
 	// Nobody called the loader but to read its state.
-	m := scrapeProcess(t, p)
+	m := p.metrics(t)
 	for series := range m {
 		if strings.HasPrefix(series, "azaion_loader_http_requests_total{") && !strings.Contains(series, `route="GET /status"`) &&
 			!strings.Contains(series, `route="GET /unlock/status"`) && !strings.Contains(series, `route="GET /metrics"`) {
@@ -142,7 +138,7 @@ func TestUnattendedWrongPassword(t *testing.T) {
 	conf := writeDeviceConfig(t, "AZAION_DEVICE_EMAIL="+testEmail+"\nAZAION_DEVICE_PASSWORD="+wrong+"\n", 0o600)
 	p := startProcess(t, "DEVICE_CONFIG="+conf, "RETRY_MAX_DELAY="+maxDelay.String(), "RESOURCE_API_URL="+e.refSrv.URL,
 		"IMAGES_PATH="+e.cfg.ImagesPath, "MODEL_CACHE_DIR="+t.TempDir(), "LOG_DIR="+logDir, "LOG_LEVEL=debug")
-	st := p.pollStatus(t, "failed", time.Minute, func(s procStatus) bool { return s.Unattended.State == "failed" })
+	st := p.pollStatus(t, "failed", time.Minute, func(s statusBody) bool { return s.Unattended.State == "failed" })
 	failedAt := time.Now()
 	if st.attempts() != 1 || st.Unattended.LastError == nil || !strings.Contains(*st.Unattended.LastError, "rejected the credentials") ||
 		st.Unattended.NextAttemptAt != nil || st.Authenticated {
@@ -178,16 +174,6 @@ func TestUnattendedWrongPassword(t *testing.T) {
 	}
 }
 
-// scrapeProcess reads the process's /metrics.
-func scrapeProcess(t *testing.T, p *process) map[string]float64 {
-	t.Helper()
-	code, body, _ := p.call(t, "GET", "/metrics", "")
-	if code != http.StatusOK {
-		t.Fatalf("/metrics: %d", code)
-	}
-	return parseMetrics(t, body)
-}
-
 // countOK passes requests to h and counts the 2xx answers to path.
 type countOK struct {
 	h    http.Handler
@@ -197,9 +183,9 @@ type countOK struct {
 }
 
 func (c *countOK) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+	rec := httprec.New(w)
 	c.h.ServeHTTP(rec, r)
-	if r.URL.Path == c.path && rec.status/100 == 2 {
+	if r.URL.Path == c.path && rec.Status()/100 == 2 {
 		c.mu.Lock()
 		c.n++
 		c.mu.Unlock()
@@ -210,16 +196,6 @@ func (c *countOK) count() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.n
-}
-
-type statusRecorder struct {
-	http.ResponseWriter
-	status int
-}
-
-func (s *statusRecorder) WriteHeader(code int) {
-	s.status = code
-	s.ResponseWriter.WriteHeader(code)
 }
 
 // The API asks the device to come back in an hour (429, Retry-After): the work waits that long,
@@ -239,7 +215,7 @@ func TestUnattendedRetryAfterAndSIGTERM(t *testing.T) {
 	conf := writeDeviceConfig(t, "AZAION_DEVICE_EMAIL="+testEmail+"\nAZAION_DEVICE_PASSWORD="+testPassword+"\n", 0o600)
 	p := startProcess(t, "DEVICE_CONFIG="+conf, "RETRY_MAX_DELAY=1s", "RESOURCE_API_URL="+api.URL,
 		"MODEL_CACHE_DIR="+t.TempDir(), "LOG_DIR="+t.TempDir())
-	st := p.pollStatus(t, "waiting", time.Minute, func(s procStatus) bool { return s.Unattended.State == "waiting" })
+	st := p.pollStatus(t, "waiting", time.Minute, func(s statusBody) bool { return s.Unattended.State == "waiting" })
 	next, err := time.Parse(time.RFC3339, *st.Unattended.NextAttemptAt)
 	if err != nil || next.Before(time.Now().Add(59*time.Minute)) {
 		t.Fatalf("next attempt at %v (%v), want the hour the API asked for, past RETRY_MAX_DELAY", next, err)

@@ -1,0 +1,160 @@
+package main
+
+// Helpers for the real parts behind the loader in these tests: MinIO reached directly, and a
+// reverse proxy in front of it that counts and holds what passes.
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"sync"
+	"testing"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/azaion/loader/internal/refapi"
+	"github.com/azaion/loader/internal/streams"
+	"github.com/azaion/loader/internal/testenv"
+)
+
+// minioClient talks to the test MinIO directly, bypassing the loader: tests use it to place or
+// inspect raw parts as another party would.
+func minioClient(t *testing.T, m testenv.MinIOServer) *minio.Client {
+	t.Helper()
+	c, err := minio.New(m.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""), BucketLookup: minio.BucketLookupPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func putObject(t *testing.T, c *minio.Client, bucket, object string, data []byte) {
+	t.Helper()
+	ctx := context.Background()
+	if ok, err := c.BucketExists(ctx, bucket); err != nil {
+		t.Fatal(err)
+	} else if !ok {
+		if err := c.MakeBucket(ctx, bucket, minio.MakeBucketOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.PutObject(ctx, bucket, object, bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// cdnProxy is an HTTP reverse proxy in front of MinIO that counts the body bytes of the GET
+// answers it passes to the loader (the CDN bytes downloaded, counted at the S3 side), and can
+// hold the bodies of large PUTs after a number of bytes. It forwards the Host header the
+// loader signed.
+type cdnProxy struct {
+	*httptest.Server
+	mu        sync.Mutex
+	got       int64
+	hold      chan struct{} // when not nil, PUT bodies stop after holdAfter bytes until closed
+	holdAfter int64
+	holding   chan struct{} // closed when a PUT body got to holdAfter
+}
+
+func newCDNProxy(t *testing.T, m testenv.MinIOServer) *cdnProxy {
+	t.Helper()
+	target, _ := url.Parse(m.URL())
+	p := &cdnProxy{}
+	rp := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
+		r.SetURL(target)
+		r.Out.Host = r.In.Host // the Host the loader signed
+		p.mu.Lock()
+		hold, after, holding := p.hold, p.holdAfter, p.holding
+		p.mu.Unlock()
+		if r.Out.Method == http.MethodPut && hold != nil && r.Out.ContentLength > after {
+			r.Out.Body = &heldBody{ReadCloser: r.Out.Body, left: after, hold: hold, reached: holding}
+		}
+	}}
+	rp.ModifyResponse = func(resp *http.Response) error {
+		if resp.Request.Method == http.MethodGet {
+			body := resp.Body
+			resp.Body = struct {
+				io.Reader
+				io.Closer
+			}{streams.OnRead(body, p.count), body}
+		}
+		return nil
+	}
+	rp.ErrorLog = nil
+	p.Server = httptest.NewServer(rp)
+	t.Cleanup(p.Close)
+	return p
+}
+
+// received is how many GET body bytes went to the loader since the last reset.
+func (p *cdnProxy) received() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.got
+}
+
+func (p *cdnProxy) reset() {
+	p.mu.Lock()
+	p.got = 0
+	p.mu.Unlock()
+}
+
+// holdPuts makes the next large PUT bodies stop after n bytes; the returned channel closes
+// when one got there. release lets them go on.
+func (p *cdnProxy) holdPuts(n int64) (holding <-chan struct{}, release func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.hold, p.holdAfter, p.holding = make(chan struct{}), n, make(chan struct{})
+	hold := p.hold
+	var once sync.Once
+	return p.holding, func() {
+		once.Do(func() {
+			close(hold)
+			p.mu.Lock()
+			p.hold = nil
+			p.mu.Unlock()
+		})
+	}
+}
+
+// count adds n GET body bytes.
+func (p *cdnProxy) count(n int) {
+	p.mu.Lock()
+	p.got += int64(n)
+	p.mu.Unlock()
+}
+
+// heldBody passes left bytes, then waits for hold to close; reached closes when it got there.
+type heldBody struct {
+	io.ReadCloser
+	left    int64
+	hold    chan struct{}
+	reached chan struct{}
+	once    sync.Once
+}
+
+func (b *heldBody) Read(buf []byte) (int, error) {
+	if b.left == 0 {
+		b.once.Do(func() { close(b.reached) })
+		<-b.hold
+		return b.ReadCloser.Read(buf)
+	}
+	if int64(len(buf)) > b.left {
+		buf = buf[:b.left]
+	}
+	n, err := b.ReadCloser.Read(buf)
+	b.left -= int64(n)
+	return n, err
+}
+
+// cdnThrough is the test MinIO's settings with host replaced, as cdn.yaml would carry them.
+func cdnThrough(m testenv.MinIOServer, host string) *refapi.CDNSettings {
+	return &refapi.CDNSettings{Host: host,
+		DownloaderAccessKey: m.AccessKey, DownloaderAccessSecret: m.SecretKey,
+		UploaderAccessKey: m.AccessKey, UploaderAccessSecret: m.SecretKey}
+}
