@@ -38,6 +38,7 @@ import (
 	"time"
 
 	"github.com/azaion/loader/bench/internal/bytesize"
+	"github.com/azaion/loader/bench/internal/report"
 	"github.com/azaion/loader/internal/security"
 )
 
@@ -80,7 +81,7 @@ func run() error {
 		}
 		defer os.RemoveAll(dir)
 	}
-	loadBefore := loadAvg()
+	loadBefore := report.LoadAverage()
 	osslVersion, _ := exec.Command(openssl, "version").Output()
 
 	key := make([]byte, security.KeySize)
@@ -149,13 +150,9 @@ func run() error {
 	}
 
 	gb := func(v float64) string { return fmt.Sprintf("%.2f GB/s", v/1e9) }
-	fmt.Printf("### CBC decryption, one core and all cores (bench/decrypt)\n\n")
-	fmt.Printf("Kernel: %s. GB = 10^9 bytes; best of %d alternating runs; %s archive from the page cache.\n\n",
-		security.Kernel(), *runs, bytesize.Format(size))
-	fmt.Println("| figure | ours | baseline (same run) | ratio |")
-	fmt.Println("|---|---:|---|---:|")
+	sec := report.Section{Title: "CBC decryption, one core and all cores (bench/decrypt)", LoadBefore: loadBefore}
 	row := func(what string, ours float64, base string, theirs float64) {
-		fmt.Printf("| %s | %s | %s: %s | %.2f |\n", what, gb(ours), base, gb(theirs), ours/theirs)
+		sec.Rows = append(sec.Rows, report.Row{Figure: what, Ours: gb(ours), Baseline: base + ": " + gb(theirs), Ratio: report.Ratio(ours, theirs)})
 	}
 	row("one core, 16 KiB buffer in cache, CPU time", kernel.cpu, "`openssl speed -evp aes-256-cbc -decrypt`, 16384-byte blocks", ossl.cpu)
 	row("one core, 16 KiB buffer in cache, CPU time", kernel.cpu, "Go standard library CBC (`crypto/cipher`), same buffer", stdlib.cpu)
@@ -163,10 +160,9 @@ func run() error {
 	row("one core (GOMAXPROCS=1), file → discard, CPU time", one.cpu, "`openssl enc -d`, its CPU time", osslFile.cpu)
 	row(fmt.Sprintf("all %d cores, file → discard, wall time", runtime.NumCPU()), all.wall, "`openssl enc -d` (one core)", osslFile.wall)
 	row(fmt.Sprintf("all %d cores, file → discard, CPU time", runtime.NumCPU()), all.cpu, "`openssl enc -d`, its CPU time", osslFile.cpu)
-	fmt.Printf("\nMachine: %s, %d CPUs, %s/%s, %s, %s; load average %s before, %s after (setup: archive written in %v).\n",
-		cpuModel(), runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version(), strings.TrimSpace(string(osslVersion)),
-		loadBefore, loadAvg(), setup.Round(time.Millisecond))
-	return nil
+	sec.Notes = []string{fmt.Sprintf("Kernel: %s. GB = 10^9 bytes (higher is better); best of %d alternating runs; %s archive from the page cache, written in %v. %s.",
+		security.Kernel(), *runs, bytesize.Format(size), setup.Round(time.Millisecond), strings.TrimSpace(string(osslVersion)))}
+	return sec.Write(os.Stdout)
 }
 
 // inCache decrypts a block-byte buffer in place over and over for d with one goroutine on a
@@ -338,25 +334,3 @@ func cpuTime() time.Duration {
 }
 
 func abs(n int) int { return max(n, -n) }
-
-func cpuModel() string {
-	b, _ := os.ReadFile("/proc/cpuinfo")
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "model name"); ok {
-			return strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
-		}
-	}
-	return "unknown CPU"
-}
-
-func loadAvg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "unknown"
-	}
-	return strings.Join(f[:3], " ")
-}

@@ -87,7 +87,7 @@ func run() error {
 	if out, err := exec.Command("go", "build", "-o", loadgen, "github.com/azaion/loader/bench/http/loadgen").CombinedOutput(); err != nil {
 		return fmt.Errorf("go build loadgen: %v\n%s", err, out)
 	}
-	ref, err := loaderenv.StartRefAPI(filepath.Join(dir, "refapi"))
+	ref, err := loaderenv.StartRefAPI(filepath.Join(dir, "refapi"), loaderenv.NoCDN)
 	if err != nil {
 		return err
 	}
@@ -97,11 +97,11 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	loader, err := loaderenv.StartLoader(bin, "RESOURCE_API_URL="+ref.URL, "MODEL_CACHE_DIR="+cacheDir, "LOG_DIR="+filepath.Join(dir, "logs"))
+	loader, err := loaderenv.StartLoader(bin, nil, "RESOURCE_API_URL="+ref.URL, "MODEL_CACHE_DIR="+cacheDir, "LOG_DIR="+filepath.Join(dir, "logs"))
 	if err != nil {
 		return err
 	}
-	defer loader.Stop()
+	defer loader.Kill()
 	if err := loader.Login(); err != nil {
 		return err
 	}

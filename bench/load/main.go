@@ -106,7 +106,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	ref, err := loaderenv.StartRefAPI(filepath.Join(dir, "refapi"))
+	ref, err := loaderenv.StartRefAPI(filepath.Join(dir, "refapi"), loaderenv.NoCDN)
 	if err != nil {
 		return err
 	}
@@ -190,14 +190,14 @@ func run() error {
 // measure starts a fresh loader for one resource and times its /load against openssl.
 func measure(bin, openssl, refURL, cacheDir, dir string, res loaderenv.Resource, runs int, hashEach bool) (result, error) {
 	r := result{size: res.Size}
-	l, err := loaderenv.StartLoader(bin, "RESOURCE_API_URL="+refURL, "MODEL_CACHE_DIR="+cacheDir, "LOG_DIR="+filepath.Join(dir, "logs"))
+	l, err := loaderenv.StartLoader(bin, nil, "RESOURCE_API_URL="+refURL, "MODEL_CACHE_DIR="+cacheDir, "LOG_DIR="+filepath.Join(dir, "logs"))
 	if err != nil {
 		return r, err
 	}
 	stopped := false
 	defer func() {
 		if !stopped {
-			l.Stop()
+			l.Kill()
 		}
 	}()
 	pid := l.Cmd.Process.Pid
@@ -292,7 +292,7 @@ func measure(bin, openssl, refURL, cacheDir, dir string, res loaderenv.Resource,
 		return r, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
 	}
 	stopped = true
-	l.Stop()
+	l.Kill()
 	if ru, ok := l.Cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 		r.maxrssAfter = ru.Maxrss << 10 // KiB on Linux
 	} else {

@@ -35,8 +35,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/azaion/loader/bench/internal/benchenv"
 	"github.com/azaion/loader/bench/internal/bytesize"
+	"github.com/azaion/loader/bench/internal/loaderenv"
+	"github.com/azaion/loader/bench/internal/report"
 	"github.com/azaion/loader/internal/hardware"
 	"github.com/azaion/loader/internal/refapi"
 	"github.com/azaion/loader/internal/resourceapi"
@@ -59,6 +60,7 @@ func run() error {
 	sizeFlag := flag.String("size", "64MiB", "size of the resource")
 	runs := flag.Int("runs", 2, "kills and restarts of each kind; the figures are the means")
 	flag.Parse()
+	loadBefore := report.LoadAverage()
 	size, err := bytesize.Parse(*sizeFlag)
 	if err != nil {
 		return fmt.Errorf("-size: %w", err)
@@ -79,17 +81,18 @@ func run() error {
 		return err
 	}
 	defer proxy.close()
-	_, refURL, stopRef, err := benchenv.RefAPI(filepath.Join(dir, "refapi"), refapi.CDNSettings{Host: proxy.url,
+	ref, err := loaderenv.StartRefAPI(filepath.Join(dir, "refapi"), refapi.CDNSettings{Host: proxy.url,
 		DownloaderAccessKey: access, DownloaderAccessSecret: secret, UploaderAccessKey: access, UploaderAccessSecret: secret})
 	if err != nil {
 		return err
 	}
-	defer stopRef()
+	defer ref.Close()
+	refURL := ref.URL
 	want, err := upload(refURL, filepath.Join(dir, "uploader"), size)
 	if err != nil {
 		return err
 	}
-	bin, err := benchenv.BuildLoader(dir)
+	bin, err := loaderenv.Binary(dir)
 	if err != nil {
 		return err
 	}
@@ -111,16 +114,24 @@ func run() error {
 	ours.mean(*runs)
 	zero.mean(*runs)
 	pct := func(n float64) float64 { return 100 * n / float64(ours.part) }
-	fmt.Printf("### Resume across a restart: a %s big part, the loader killed (SIGKILL) at about 50 %%\n\n", bytesize.Format(ours.part))
-	fmt.Println("| figure | ours (resumed) | baseline: restart from zero (same run) | ratio |")
-	fmt.Println("|---|---|---|---|")
-	fmt.Printf("| on disk at the kill | %.1f %% | %.1f %% | |\n", pct(ours.atKill), pct(zero.atKill))
-	fmt.Printf("| CDN bytes after the restart | %s (%.1f %% of the part) | %s (%.1f %%) | %.2f× |\n",
-		bytesize.Format(int64(ours.after)), pct(ours.after), bytesize.Format(int64(zero.after)), pct(zero.after), ours.after/zero.after)
-	fmt.Printf("| first /load after the restart | %.2f s | %.2f s | %.2f× |\n", ours.took, zero.took, ours.took/zero.took)
-	fmt.Printf("\nMeans of %d runs each; bytes counted at a reverse proxy in front of MinIO on loopback (no rate limit after the restart). %s\n", *runs, benchenv.Machine())
-	return nil
+	sec := report.Section{
+		Title: fmt.Sprintf("Resume across a restart: a %s big part, the loader killed (SIGKILL) at about 50 %%", bytesize.Format(ours.part)),
+		Rows: []report.Row{
+			{Figure: "on disk at the kill", Ours: fmt.Sprintf("%.1f %%", pct(ours.atKill)), Baseline: fmt.Sprintf("%.1f %%", pct(zero.atKill))},
+			{Figure: "CDN bytes after the restart (lower is better)", Ours: fmt.Sprintf("%s (%.1f %% of the part)", bytesize.Format(int64(ours.after)), pct(ours.after)),
+				Baseline: fmt.Sprintf("%s (%.1f %%)", bytesize.Format(int64(zero.after)), pct(zero.after)), Ratio: report.Ratio(ours.after, zero.after)},
+			{Figure: "first /load after the restart (lower is better)", Ours: fmt.Sprintf("%.2f s", ours.took),
+				Baseline: fmt.Sprintf("%.2f s", zero.took), Ratio: report.Ratio(ours.took, zero.took)},
+		},
+		Notes: []string{fmt.Sprintf("Ours: the partial download resumed; baseline: the same kill, the partial removed, a restart from zero. "+
+			"Means of %d runs each; bytes counted at a reverse proxy in front of MinIO on loopback (no rate limit after the restart).", *runs)},
+		LoadBefore: loadBefore,
+	}
+	return sec.Write(os.Stdout)
 }
+
+// noLogFiles: the loaders of the bench write no log files.
+var noLogFiles = []string{"--log-dir", ""}
 
 type result struct {
 	part                int64
@@ -145,7 +156,7 @@ func (r *result) mean(n int) {
 func restartAtHalf(bin, refURL, cacheDir string, proxy *proxy, size int64, want []byte, resume bool) (result, error) {
 	env := []string{"RESOURCE_API_URL=" + refURL, "MODEL_CACHE_DIR=" + cacheDir}
 	// Throttled so that the moment is easy to catch: the part in about 4 s.
-	l, err := benchenv.StartLoader(bin, append(env, "CDN_RATE_LIMIT="+strconv.FormatInt(max(size/4, 64<<10), 10))...)
+	l, err := loaderenv.StartLoader(bin, noLogFiles, append(env, "CDN_RATE_LIMIT="+strconv.FormatInt(max(size/4, 64<<10), 10))...)
 	if err != nil {
 		return result{}, err
 	}
@@ -172,7 +183,7 @@ func restartAtHalf(bin, refURL, cacheDir string, proxy *proxy, size int64, want 
 	}
 
 	proxy.got.Store(0)
-	l, err = benchenv.StartLoader(bin, env...)
+	l, err = loaderenv.StartLoader(bin, noLogFiles, env...)
 	if err != nil {
 		return result{}, err
 	}
@@ -215,7 +226,7 @@ func upload(refURL, cacheDir string, size int64) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := api.Login(context.Background(), benchenv.Email, benchenv.Password); err != nil {
+	if err := api.Login(context.Background(), loaderenv.Email, loaderenv.Password); err != nil {
 		return nil, err
 	}
 	s, err := resources.New(api, resources.Options{CacheDir: cacheDir})

@@ -28,12 +28,12 @@ import (
 	"slices"
 	"time"
 
-	"github.com/azaion/loader/bench/internal/benchenv"
 	"github.com/azaion/loader/bench/internal/bytesize"
+	"github.com/azaion/loader/bench/internal/loaderenv"
+	"github.com/azaion/loader/bench/internal/report"
 	"github.com/azaion/loader/internal/cache"
 	"github.com/azaion/loader/internal/cdn"
 	"github.com/azaion/loader/internal/hardware"
-	"github.com/azaion/loader/internal/refapi"
 	"github.com/azaion/loader/internal/resourceapi"
 	"github.com/azaion/loader/internal/resources"
 )
@@ -51,6 +51,7 @@ func run() error {
 	sizeFlag := flag.String("size", "256MiB", "size of the resource")
 	runs := flag.Int("runs", 3, "runs of each measurement; the best counts")
 	flag.Parse()
+	loadBefore := report.LoadAverage()
 	size, err := bytesize.Parse(*sizeFlag)
 	if err != nil {
 		return fmt.Errorf("-size: %w", err)
@@ -64,12 +65,12 @@ func run() error {
 	// The resource, uploaded through the loader's own code into the cache the loader
 	// process will use: the small part goes to the reference API, the big part into the cache
 	// (and to a CDN that keeps nothing).
-	_, refURL, stopRef, err := benchenv.RefAPI(filepath.Join(dir, "refapi"), refapi.CDNSettings{
-		Host: "http://127.0.0.1:1", DownloaderAccessKey: "k", DownloaderAccessSecret: "s", UploaderAccessKey: "k", UploaderAccessSecret: "s"})
+	ref, err := loaderenv.StartRefAPI(filepath.Join(dir, "refapi"), loaderenv.NoCDN)
 	if err != nil {
 		return err
 	}
-	defer stopRef()
+	defer ref.Close()
+	refURL := ref.URL
 	cacheDir := filepath.Join(dir, "cache")
 	plain := sha256.New()
 	if err := upload(refURL, cacheDir, size, plain); err != nil {
@@ -109,7 +110,7 @@ func run() error {
 	}
 
 	// (b) The first /load after a restart (verifies) next to the second (verified).
-	bin, err := benchenv.BuildLoader(dir)
+	bin, err := loaderenv.Binary(dir)
 	if err != nil {
 		return err
 	}
@@ -124,15 +125,21 @@ func run() error {
 	first, second := slices.Min(firsts), slices.Min(seconds)
 
 	mibps := func(d time.Duration) float64 { return float64(big) / (1 << 20) / d.Seconds() }
-	fmt.Printf("### Cache verification: SHA-256 of a cached big part (%s)\n\n", bytesize.Format(big))
-	fmt.Println("| figure | ours | baseline (same run) | ratio |")
-	fmt.Println("|---|---|---|---|")
-	fmt.Printf("| verify throughput, page cache warm | %.0f MiB/s (`Cache.Verify`) | %.0f MiB/s (`sha256sum`) | %.2f× |\n", mibps(ours), mibps(sum), mibps(ours)/mibps(sum))
-	fmt.Printf("| verify throughput, page cache warm | %.0f MiB/s (`Cache.Verify`) | %.0f MiB/s (`openssl dgst -sha256`) | %.2f× |\n", mibps(ours), mibps(dgst), mibps(ours)/mibps(dgst))
-	fmt.Printf("| first /load of the cached part after a restart (verifies it) | %.3f s | %.3f s (second /load: verified) | %.2f× (+%.3f s) |\n",
-		first.Seconds(), second.Seconds(), first.Seconds()/second.Seconds(), (first - second).Seconds())
-	fmt.Printf("\nBest of %d runs; the loader is the built binary as a process, the client hashes each body and checks it. %s\n", *runs, benchenv.Machine())
-	return nil
+	sec := report.Section{
+		Title: fmt.Sprintf("Cache verification: SHA-256 of a cached big part (%s)", bytesize.Format(big)),
+		Rows: []report.Row{
+			{Figure: "verify throughput, page cache warm", Ours: fmt.Sprintf("%.0f MiB/s (`Cache.Verify`)", mibps(ours)),
+				Baseline: fmt.Sprintf("%.0f MiB/s (`sha256sum`)", mibps(sum)), Ratio: report.Ratio(mibps(ours), mibps(sum))},
+			{Figure: "verify throughput, page cache warm", Ours: fmt.Sprintf("%.0f MiB/s (`Cache.Verify`)", mibps(ours)),
+				Baseline: fmt.Sprintf("%.0f MiB/s (`openssl dgst -sha256`)", mibps(dgst)), Ratio: report.Ratio(mibps(ours), mibps(dgst))},
+			{Figure: "first /load of the cached part after a restart (verifies it)", Ours: fmt.Sprintf("%.3f s", first.Seconds()),
+				Baseline: fmt.Sprintf("%.3f s (second /load: verified)", second.Seconds()),
+				Ratio:    fmt.Sprintf("%s (+%.3f s)", report.Ratio(first.Seconds(), second.Seconds()), (first - second).Seconds())},
+		},
+		Notes:      []string{fmt.Sprintf("Best of %d runs; the loader is the built binary as a process, the client hashes each body and checks it.", *runs)},
+		LoadBefore: loadBefore,
+	}
+	return sec.Write(os.Stdout)
 }
 
 // upload puts a resource of size pseudo-random bytes on the reference API and into cacheDir,
@@ -142,7 +149,7 @@ func upload(refURL, cacheDir string, size int64, plain io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := api.Login(context.Background(), benchenv.Email, benchenv.Password); err != nil {
+	if err := api.Login(context.Background(), loaderenv.Email, loaderenv.Password); err != nil {
 		return err
 	}
 	s, err := resources.New(api, resources.Options{CacheDir: cacheDir,
@@ -198,7 +205,7 @@ func best(n int, fn func() error) (time.Duration, error) {
 
 // twoLoads starts a loader, logs in and times two /loads of the part, checking each body.
 func twoLoads(bin, refURL, cacheDir string, want []byte) (first, second time.Duration, err error) {
-	l, err := benchenv.StartLoader(bin, "RESOURCE_API_URL="+refURL, "MODEL_CACHE_DIR="+cacheDir)
+	l, err := loaderenv.StartLoader(bin, []string{"--log-dir", ""}, "RESOURCE_API_URL="+refURL, "MODEL_CACHE_DIR="+cacheDir)
 	if err != nil {
 		return 0, 0, err
 	}

@@ -1,13 +1,15 @@
 // Package loaderenv stages what the bench programs measure: the azaion-loader binary as a child
 // process (its own RSS, its own cores), in front of the reference Resource API in the bench's
 // process, with resources placed the way a device holds them (small part upstream, big part
-// in the cache). The CDN is a port nobody listens on: a /load that reached for it would fail,
-// so every measured /load is served from the cache.
+// in the cache). With NoCDN the CDN is a port nobody listens on: a /load that reached for it
+// would fail, so every measured /load is served from the cache; the cache benches point the
+// reference API's cdn.yaml at a MinIO instead.
 package loaderenv
 
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -61,16 +63,20 @@ type RefAPI struct {
 	srv *http.Server
 }
 
-// StartRefAPI serves the reference API on loopback with the bench account; its data lives in dir.
-func StartRefAPI(dir string) (*RefAPI, error) {
+// NoCDN is a cdn.yaml whose host is a port nobody listens on.
+var NoCDN = refapi.CDNSettings{
+	Host:                "http://127.0.0.1:1",
+	DownloaderAccessKey: "bench", DownloaderAccessSecret: "bench-secret",
+	UploaderAccessKey: "bench", UploaderAccessSecret: "bench-secret",
+}
+
+// StartRefAPI serves the reference API on loopback with the bench account; its data lives in
+// dir, and it serves cdn as cdn.yaml.
+func StartRefAPI(dir string, cdn refapi.CDNSettings) (*RefAPI, error) {
 	ref, err := refapi.New(refapi.Config{
 		Users:   []refapi.User{{ID: "1", Email: Email, Password: Password, Role: "Admin"}},
 		DataDir: dir,
-		CDN: refapi.CDNSettings{
-			Host:                "http://127.0.0.1:1",
-			DownloaderAccessKey: "bench", DownloaderAccessSecret: "bench-secret",
-			UploaderAccessKey: "bench", UploaderAccessSecret: "bench-secret",
-		},
+		CDN:     cdn,
 	})
 	if err != nil {
 		return nil, err
@@ -148,16 +154,18 @@ func (r *RefAPI) Prepare(cacheDir, dir, name string, size int64, seed uint64) (R
 	return res, f.Close()
 }
 
-// Loader is a running `azaion-loader serve`.
+// Loader is `azaion-loader serve` running as a child process.
 type Loader struct {
-	Cmd *exec.Cmd
-	URL string
+	Cmd  *exec.Cmd
+	URL  string
+	done chan struct{} // closed once it has exited (Cmd.ProcessState is set)
 }
 
-// StartLoader runs `bin serve` on a free loopback port with env added, and waits until it
-// listens. Its log goes to logDir (and stderr is drained).
-func StartLoader(bin string, env ...string) (*Loader, error) {
-	cmd := exec.Command(bin, "serve")
+// StartLoader runs `bin serve ARGS...` on a free loopback port with env added, and waits until
+// it listens. Its stderr is drained; LOG_DIR in env keeps its log (args "--log-dir", "" turns
+// the files off: an empty LOG_DIR counts as unset, the default ./Logs).
+func StartLoader(bin string, args []string, env ...string) (*Loader, error) {
+	cmd := exec.Command(bin, append([]string{"serve"}, args...)...)
 	cmd.Env = append(os.Environ(), append([]string{"LISTEN_ADDR=127.0.0.1:0", "LOG_LEVEL=info"}, env...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -166,40 +174,60 @@ func StartLoader(bin string, env ...string) (*Loader, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
+	l := &Loader{Cmd: cmd, done: make(chan struct{})}
+	go func() { cmd.Wait(); close(l.done) }()
 	addrRE := regexp.MustCompile(`msg=listening addr=(\S+)`)
 	sc := bufio.NewScanner(stderr)
 	var seen strings.Builder
 	for sc.Scan() {
 		seen.WriteString(sc.Text() + "\n")
 		if m := addrRE.FindStringSubmatch(sc.Text()); m != nil {
-			go io.Copy(io.Discard, stderr) // keep draining; the log file has it all
-			return &Loader{Cmd: cmd, URL: "http://" + m[1]}, nil
+			l.URL = "http://" + m[1]
+			go io.Copy(io.Discard, stderr) // keep draining
+			return l, nil
 		}
 	}
-	cmd.Process.Kill()
-	cmd.Wait()
+	l.Kill()
 	return nil, fmt.Errorf("the loader did not start:\n%s", seen.String())
+}
+
+// Kill ends the loader with SIGKILL (as a power cut would) and waits for it.
+func (l *Loader) Kill() {
+	l.Cmd.Process.Kill()
+	<-l.done
 }
 
 // Login logs the loader in as the bench account.
 func (l *Loader) Login() error {
-	resp, err := http.Post(l.URL+"/login", "application/json",
-		strings.NewReader(fmt.Sprintf(`{"email":%q,"password":%q}`, Email, Password)))
+	code, body, err := l.Post(context.Background(), "/login", fmt.Sprintf(`{"email":%q,"password":%q}`, Email, Password), io.Discard)
 	if err != nil {
 		return fmt.Errorf("login: %w", err)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("login: %d %s", resp.StatusCode, body)
+	if code != http.StatusOK {
+		return fmt.Errorf("login: %d %s", code, body)
 	}
 	return nil
 }
 
-// Stop kills the loader and waits for it.
-func (l *Loader) Stop() {
-	l.Cmd.Process.Kill()
-	l.Cmd.Wait()
+// Post sends a JSON body to path; the answer's body goes to w when it is 200, and is returned
+// otherwise.
+func (l *Loader) Post(ctx context.Context, path, body string, w io.Writer) (int, string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, l.URL+path, strings.NewReader(body))
+	if err != nil {
+		return 0, "", err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), nil
+	}
+	_, err = io.Copy(w, resp.Body)
+	return resp.StatusCode, "", err
 }
 
 // ProcCPU is the CPU time (user and system) process pid has used so far, from
