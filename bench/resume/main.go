@@ -42,6 +42,7 @@ import (
 	"github.com/azaion/loader/internal/refapi"
 	"github.com/azaion/loader/internal/resourceapi"
 	"github.com/azaion/loader/internal/resources"
+	"github.com/azaion/loader/internal/streams"
 )
 
 const (
@@ -262,7 +263,7 @@ func newProxy(endpoint string) (*proxy, error) {
 		},
 		ModifyResponse: func(resp *http.Response) error {
 			if resp.Request.Method == http.MethodGet {
-				resp.Body = &counted{ReadCloser: resp.Body, n: &p.got}
+				resp.Body = streams.ReadCloser(streams.Count(resp.Body, &p.got), resp.Body)
 			}
 			return nil
 		},
@@ -278,17 +279,6 @@ func newProxy(endpoint string) (*proxy, error) {
 }
 
 func (p *proxy) close() { p.srv.Close() }
-
-type counted struct {
-	io.ReadCloser
-	n *atomic.Int64
-}
-
-func (c *counted) Read(b []byte) (int, error) {
-	n, err := c.ReadCloser.Read(b)
-	c.n.Add(int64(n))
-	return n, err
-}
 
 // minio returns the MinIO of scripts/test.sh, or starts one in dir.
 func minio(dir string) (endpoint, access, secret string, stop func(), err error) {

@@ -77,11 +77,7 @@ func newCDNProxy(t *testing.T, m testenv.MinIOServer) *cdnProxy {
 	}}
 	rp.ModifyResponse = func(resp *http.Response) error {
 		if resp.Request.Method == http.MethodGet {
-			body := resp.Body
-			resp.Body = struct {
-				io.Reader
-				io.Closer
-			}{streams.OnRead(body, p.count), body}
+			resp.Body = streams.ReadCloser(streams.OnRead(resp.Body, p.count), resp.Body)
 		}
 		return nil
 	}

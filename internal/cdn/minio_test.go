@@ -25,6 +25,7 @@ import (
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
 	"github.com/azaion/loader/internal/cdn"
+	"github.com/azaion/loader/internal/streams"
 	"github.com/azaion/loader/internal/testenv"
 )
 
@@ -157,7 +158,7 @@ func (rt *recordingTransport) RoundTrip(req *http.Request) (*http.Response, erro
 	rt.mu.Unlock()
 	resp, err := rt.base.RoundTrip(req)
 	if err == nil {
-		resp.Body = &countingBody{ReadCloser: resp.Body, n: &r.received}
+		resp.Body = streams.ReadCloser(streams.Count(resp.Body, &r.received), resp.Body)
 	}
 	return resp, err
 }
@@ -166,17 +167,6 @@ func (rt *recordingTransport) requests() []*request {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
 	return append([]*request(nil), rt.reqs...)
-}
-
-type countingBody struct {
-	io.ReadCloser
-	n *atomic.Int64
-}
-
-func (b *countingBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	b.n.Add(int64(n))
-	return n, err
 }
 
 // checkRanged asserts that the first request asked for the whole object and every later one

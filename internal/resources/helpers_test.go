@@ -27,6 +27,7 @@ import (
 	"github.com/azaion/loader/internal/refapi"
 	"github.com/azaion/loader/internal/resourceapi"
 	"github.com/azaion/loader/internal/resources"
+	"github.com/azaion/loader/internal/streams"
 	"github.com/azaion/loader/internal/testenv"
 )
 
@@ -214,7 +215,7 @@ func (c *counter) RoundTrip(r *http.Request) (*http.Response, error) {
 	c.mu.Unlock()
 	resp, err := c.next.RoundTrip(r)
 	if err == nil && r.Method == http.MethodGet {
-		resp.Body = &countedBody{ReadCloser: resp.Body, c: c}
+		resp.Body = streams.ReadCloser(streams.OnRead(resp.Body, c.count), resp.Body)
 	}
 	if err == nil && h != nil {
 		resp.Body = &heldBody{ReadCloser: resp.Body, h: h, done: r.Context().Done(), left: h.after}
@@ -222,18 +223,11 @@ func (c *counter) RoundTrip(r *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
-// countedBody adds what is read to counter.got.
-type countedBody struct {
-	io.ReadCloser
-	c *counter
-}
-
-func (b *countedBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	b.c.mu.Lock()
-	b.c.got += int64(n)
-	b.c.mu.Unlock()
-	return n, err
+// count adds n GET body bytes to got.
+func (c *counter) count(n int) {
+	c.mu.Lock()
+	c.got += int64(n)
+	c.mu.Unlock()
 }
 
 // ranges returns the Range headers of the GETs of folder/object, in order.

@@ -113,6 +113,15 @@ func (a *atEOF) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// ReadCloser pairs r, a wrapper of c's reads, with c's Close: a wrapped HTTP body stays an
+// io.ReadCloser, as io.NopCloser makes one of a reader that needs no closing.
+func ReadCloser(r io.Reader, c io.Closer) io.ReadCloser {
+	return struct {
+		io.Reader
+		io.Closer
+	}{r, c}
+}
+
 // WithContext returns a reader that fails with ctx's error once ctx is done, so that a long
 // copy stops when its caller gives up (SIGINT, a shutdown). A Read already waiting on r is not
 // interrupted: it ends when r's does.

@@ -174,3 +174,25 @@ func TestComposed(t *testing.T) {
 		t.Fatalf("copy %v, recorded %v, progress %d", err, rec.Err(), progress)
 	}
 }
+
+func TestReadCloserClosesWhatItWraps(t *testing.T) {
+	var n atomic.Int64
+	body := &closeCounter{Reader: strings.NewReader("body")}
+	rc := streams.ReadCloser(streams.Count(body, &n), body)
+	if b, err := io.ReadAll(rc); err != nil || string(b) != "body" || n.Load() != 4 {
+		t.Fatalf("read %q %v, counted %d", b, err, n.Load())
+	}
+	if err := rc.Close(); err != nil || body.closed != 1 {
+		t.Fatalf("close: %v, the body closed %d times, want once", err, body.closed)
+	}
+}
+
+type closeCounter struct {
+	io.Reader
+	closed int
+}
+
+func (c *closeCounter) Close() error {
+	c.closed++
+	return nil
+}
