@@ -125,7 +125,7 @@ func TestDiskFull(t *testing.T) {
 	if n := e.ref.Calls(refapi.EndpointUpload) - before; n != 0 {
 		t.Errorf("the Resource API got %d small parts of the failed upload", n)
 	}
-	if _, err := minioClient(t, e.minio).StatObject(t.Context(), folder, "new.bin.big", minio.StatObjectOptions{}); err == nil {
+	if _, err := e.minio.Client(t).StatObject(t.Context(), folder, "new.bin.big", minio.StatObjectOptions{}); err == nil {
 		t.Error("the CDN holds the big part of the failed upload")
 	}
 	for _, f := range e.cacheFiles() {
@@ -251,7 +251,7 @@ func TestOfflineUnpairedPart(t *testing.T) {
 	folder := folderFor(t)
 	content := payload(500<<10, 64)
 	e.seed(folder, "m.bin", content)
-	obj, err := minioClient(t, e.minio).GetObject(t.Context(), folder, "m.bin.big", minio.GetObjectOptions{})
+	obj, err := e.minio.Client(t).GetObject(t.Context(), folder, "m.bin.big", minio.GetObjectOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -334,7 +334,7 @@ func TestUploadCDNFrozen(t *testing.T) {
 			})
 			t.Logf("freed %v after the freeze", time.Since(frozen).Round(time.Millisecond))
 			testenv.ResumeMinIO(t)
-			if _, err := minioClient(t, e.minio).StatObject(context.Background(), folder, name+".big", minio.StatObjectOptions{}); err == nil {
+			if _, err := e.minio.Client(t).StatObject(context.Background(), folder, name+".big", minio.StatObjectOptions{}); err == nil {
 				t.Error("the CDN holds the big part of the failed upload")
 			}
 			if _, err := os.Stat(e.ref.ResourcePath(folder, name+".small")); err == nil {

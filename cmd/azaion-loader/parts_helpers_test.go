@@ -1,11 +1,8 @@
 package main
 
-// Helpers for the real parts behind the loader in these tests: MinIO reached directly, and a
-// reverse proxy in front of it that counts and holds what passes.
+// A reverse proxy in front of the test MinIO that counts and holds what passes.
 
 import (
-	"bytes"
-	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -14,39 +11,10 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
-
 	"github.com/azaion/loader/internal/refapi"
 	"github.com/azaion/loader/internal/streams"
 	"github.com/azaion/loader/internal/testenv"
 )
-
-// minioClient talks to the test MinIO directly, bypassing the loader: tests use it to place or
-// inspect raw parts as another party would.
-func minioClient(t *testing.T, m testenv.MinIOServer) *minio.Client {
-	t.Helper()
-	c, err := minio.New(m.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""), BucketLookup: minio.BucketLookupPath})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
-func putObject(t *testing.T, c *minio.Client, bucket, object string, data []byte) {
-	t.Helper()
-	ctx := context.Background()
-	if ok, err := c.BucketExists(ctx, bucket); err != nil {
-		t.Fatal(err)
-	} else if !ok {
-		if err := c.MakeBucket(ctx, bucket, minio.MakeBucketOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := c.PutObject(ctx, bucket, object, bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{}); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // cdnProxy is an HTTP reverse proxy in front of MinIO that counts the body bytes of the GET
 // answers it passes to the loader (the CDN bytes downloaded, counted at the S3 side), and can

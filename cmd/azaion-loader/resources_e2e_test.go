@@ -159,7 +159,7 @@ func loaderGoroutines() []string {
 // putBig places an object on the test MinIO directly, as another uploader would.
 func (e *testEnv) putBig(bucket, object string, data []byte) {
 	e.t.Helper()
-	putObject(e.t, minioClient(e.t, e.minio), bucket, object, data)
+	e.minio.PutObject(e.t, bucket, object, data)
 }
 
 func TestLoadWithCDNDown(t *testing.T) {

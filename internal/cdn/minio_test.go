@@ -3,9 +3,7 @@ package cdn_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -13,7 +11,6 @@ import (
 	mathrand "math/rand/v2"
 	"net"
 	"net/http"
-	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -22,7 +19,6 @@ import (
 	"time"
 
 	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
 
 	"github.com/azaion/loader/internal/cdn"
 	"github.com/azaion/loader/internal/streams"
@@ -37,52 +33,6 @@ func payload(n int, seed uint64) []byte {
 	b := make([]byte, n)
 	_, _ = r.Read(b)
 	return b
-}
-
-var nonBucketChars = regexp.MustCompile(`[^a-z0-9-]+`)
-
-// bucketName is a fresh bucket name for t (lowercase, 3–63 characters), removed with its
-// objects when t ends.
-func bucketName(t *testing.T, m testenv.MinIOServer) string {
-	t.Helper()
-	name := nonBucketChars.ReplaceAllString(strings.ToLower(t.Name()), "-")
-	name = strings.Trim(name, "-")
-	if len(name) > 40 {
-		name = name[:40]
-	}
-	suffix := make([]byte, 4)
-	_, _ = rand.Read(suffix)
-	bucket := strings.Trim("cdn-"+name, "-") + "-" + hex.EncodeToString(suffix)
-	t.Cleanup(func() { removeBucket(t, m, bucket) })
-	return bucket
-}
-
-func adminClient(t *testing.T, m testenv.MinIOServer) *minio.Client {
-	t.Helper()
-	mc, err := minio.New(m.Endpoint, &minio.Options{
-		Creds:  credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""),
-		Region: "us-east-1",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return mc
-}
-
-func removeBucket(t *testing.T, m testenv.MinIOServer, bucket string) {
-	ctx := context.Background()
-	mc := adminClient(t, m)
-	if ok, err := mc.BucketExists(ctx, bucket); err != nil || !ok {
-		return
-	}
-	for obj := range mc.ListObjects(ctx, bucket, minio.ListObjectsOptions{Recursive: true}) {
-		if obj.Err == nil {
-			_ = mc.RemoveObject(ctx, bucket, obj.Key, minio.RemoveObjectOptions{})
-		}
-	}
-	if err := mc.RemoveBucket(ctx, bucket); err != nil {
-		t.Logf("remove bucket %s: %v", bucket, err)
-	}
 }
 
 func newTransport(t *testing.T) *http.Transport {
@@ -373,7 +323,7 @@ func cutAfter(limits ...int64) func(int) (int64, bool) {
 
 func TestUploadDownloadRoundTrip(t *testing.T) {
 	m := testenv.MinIO(t)
-	bucket := bucketName(t, m) // not created: the first Upload creates it
+	bucket := m.Bucket(t, "cdn") // not created: the first Upload creates it
 	c := newClient(t, m, "", cdn.Options{})
 	ctx := t.Context()
 	// One PUT, and a multipart upload of parts of 16 MiB and a short last one.
@@ -408,7 +358,7 @@ func TestUploadDownloadRoundTrip(t *testing.T) {
 
 func TestNotFound(t *testing.T) {
 	m := testenv.MinIO(t)
-	bucket := bucketName(t, m)
+	bucket := m.Bucket(t, "cdn")
 	put(t, m, bucket, "present", []byte("x"))
 	c := newClient(t, m, "", cdn.Options{})
 	ctx := t.Context()
@@ -432,7 +382,7 @@ func TestNotFound(t *testing.T) {
 
 func TestWrongCredentials(t *testing.T) {
 	m := testenv.MinIO(t)
-	bucket := bucketName(t, m)
+	bucket := m.Bucket(t, "cdn")
 	put(t, m, bucket, "present", []byte("x"))
 	ctx := t.Context()
 	const wrongSecret = "not-the-secret-Zq83xK"
@@ -493,7 +443,7 @@ func TestClosedPortIsUnavailable(t *testing.T) {
 
 func TestResumeAfterBrokenConnection(t *testing.T) {
 	m := testenv.MinIO(t)
-	bucket := bucketName(t, m)
+	bucket := m.Bucket(t, "cdn")
 	data := payload(8<<20, 8)
 	etag := put(t, m, bucket, "model.big", data)
 
@@ -526,7 +476,7 @@ func TestResumeAfterBrokenConnection(t *testing.T) {
 
 func TestResumeAfterStall(t *testing.T) {
 	m := testenv.MinIO(t)
-	bucket := bucketName(t, m)
+	bucket := m.Bucket(t, "cdn")
 	data := payload(4<<20, 4)
 	etag := put(t, m, bucket, "model.big", data)
 
@@ -563,7 +513,7 @@ func TestResumeAfterStall(t *testing.T) {
 // brings less than StallMinBytes per stall window: it is resumed, not waited on for ever.
 func TestTrickleIsAStall(t *testing.T) {
 	m := testenv.MinIO(t)
-	bucket := bucketName(t, m)
+	bucket := m.Bucket(t, "cdn")
 	data := payload(2<<20, 14)
 	etag := put(t, m, bucket, "model.big", data)
 	p := startProxy(t, m.Endpoint, func(i int) (int64, bool) {
@@ -594,7 +544,7 @@ func TestTrickleIsAStall(t *testing.T) {
 
 func TestTooManyBreaks(t *testing.T) {
 	m := testenv.MinIO(t)
-	bucket := bucketName(t, m)
+	bucket := m.Bucket(t, "cdn")
 	data := payload(4<<20, 5)
 	etag := put(t, m, bucket, "model.big", data)
 
@@ -620,7 +570,7 @@ func TestTooManyBreaks(t *testing.T) {
 
 func TestObjectChangedMidDownload(t *testing.T) {
 	m := testenv.MinIO(t)
-	bucket := bucketName(t, m)
+	bucket := m.Bucket(t, "cdn")
 	put(t, m, bucket, "model.big", payload(4<<20, 6))
 	direct := newClient(t, m, "", cdn.Options{})
 	replaced := payload(4<<20, 7)
@@ -694,7 +644,7 @@ func cancelWhen(t *testing.T, ready func(stop <-chan struct{}) bool) (ctx contex
 // resume, ends it promptly with the context's error and the bytes written so far.
 func TestCancel(t *testing.T) {
 	m := testenv.MinIO(t)
-	bucket := bucketName(t, m)
+	bucket := m.Bucket(t, "cdn")
 	put(t, m, bucket, "model.big", payload(4<<20, 9))
 
 	for _, tc := range []struct {
@@ -762,7 +712,7 @@ func TestCancel(t *testing.T) {
 
 func TestNoGoroutineLeak(t *testing.T) {
 	m := testenv.MinIO(t)
-	bucket := bucketName(t, m)
+	bucket := m.Bucket(t, "cdn")
 	data := payload(2<<20, 10)
 	put(t, m, bucket, "model.big", data)
 
@@ -832,7 +782,7 @@ func TestNoGoroutineLeak(t *testing.T) {
 // a ranged GET If-Match its ETag; an object replaced since then is ErrChanged, not spliced.
 func TestDownloadFrom(t *testing.T) {
 	m := testenv.MinIO(t)
-	bucket := bucketName(t, m)
+	bucket := m.Bucket(t, "cdn")
 	data := payload(3<<20+5, 8)
 	etag := put(t, m, bucket, "model.big", data)
 	rt := &recordingTransport{base: newTransport(t)}

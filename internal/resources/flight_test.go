@@ -166,7 +166,7 @@ func TestPrefetchYieldsToLoad(t *testing.T) {
 		}
 		loadGate := w.store.gate("models", "l.big")
 		loaded := make(chan []byte)
-		go func() { loaded <- readResource(t, s, "l") }()
+		go func() { loaded <- readResource(t, s, "models", "l", "l", nil) }()
 		synctest.Wait() // the load's download wrote its first chunk and waits for the CDN
 
 		s.LoggedIn()
@@ -178,7 +178,7 @@ func TestPrefetchYieldsToLoad(t *testing.T) {
 			t.Errorf("GET /cache while prefetch yields: %q", got)
 		}
 		// A load of p joins prefetch's download: it goes on although l still waits.
-		wantSame(t, "p through prefetch's download", readResource(t, s, "p"), w.data["p"])
+		wantSame(t, "p through prefetch's download", readResource(t, s, "models", "p", "p", nil), w.data["p"])
 		synctest.Wait() // prefetch is on q now, and waits for l again
 		if n := partialBytes(t, dir, "q"); n != 0 {
 			t.Fatalf("prefetch moved q while a load was downloading: its partial holds %d bytes (-1: none, q is complete)", n)
@@ -241,21 +241,6 @@ func TestPrefetchFolder(t *testing.T) {
 	})
 }
 
-func readResource(t *testing.T, s *resources.Service, name string) []byte {
-	t.Helper()
-	res, err := s.Open(t.Context(), "models", name)
-	if err != nil {
-		t.Errorf("Open %s: %v", name, err)
-		return nil
-	}
-	defer res.Close()
-	b, err := io.ReadAll(res)
-	if err != nil {
-		t.Errorf("read %s: %v", name, err)
-	}
-	return b
-}
-
 // TestCompletePartial: a partial download that was complete when the loader stopped (all its
 // bytes durable, not yet renamed into place) is committed without asking the CDN for more.
 func TestCompletePartial(t *testing.T) {
@@ -276,7 +261,7 @@ func TestCompletePartial(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := w.service(t, dir, nil)
-	wantSame(t, "from the complete partial", readResource(t, s, "m"), w.data["m"])
+	wantSame(t, "from the complete partial", readResource(t, s, "models", "m", "m", nil), w.data["m"])
 	if n := w.store.gets["models/m.big"]; n != 0 {
 		t.Errorf("%d downloads of a part that was all on disk", n)
 	}

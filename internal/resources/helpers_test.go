@@ -2,10 +2,7 @@ package resources_test
 
 import (
 	"bytes"
-	"context"
-	"crypto/rand"
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"io"
 	"io/fs"
@@ -14,14 +11,12 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
 
 	"github.com/azaion/loader/internal/cdn"
 	"github.com/azaion/loader/internal/refapi"
@@ -87,53 +82,7 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 			t.Fatal(err)
 		}
 	}
-	return &env{t: t, minio: m, api: api, srv: srv, client: client, folder: bucketName(t, m)}
-}
-
-var nonBucketChars = regexp.MustCompile(`[^a-z0-9-]+`)
-
-// bucketName is a fresh bucket name for t (lowercase, 3–63 characters, a valid folder name
-// too), removed with its objects when t ends.
-func bucketName(t *testing.T, m testenv.MinIOServer) string {
-	t.Helper()
-	name := strings.Trim(nonBucketChars.ReplaceAllString(strings.ToLower(t.Name()), "-"), "-")
-	if len(name) > 40 {
-		name = name[:40]
-	}
-	var suffix [4]byte
-	_, _ = rand.Read(suffix[:])
-	bucket := strings.Trim("res-"+name, "-") + "-" + hex.EncodeToString(suffix[:])
-	t.Cleanup(func() { removeBucket(t, m, bucket) })
-	return bucket
-}
-
-func adminClient(t testing.TB, m testenv.MinIOServer) *minio.Client {
-	t.Helper()
-	mc, err := minio.New(m.Endpoint, &minio.Options{
-		Creds:  credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""),
-		Region: "us-east-1",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return mc
-}
-
-func removeBucket(t *testing.T, m testenv.MinIOServer, bucket string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	mc := adminClient(t, m)
-	if ok, err := mc.BucketExists(ctx, bucket); err != nil || !ok {
-		return
-	}
-	for obj := range mc.ListObjects(ctx, bucket, minio.ListObjectsOptions{Recursive: true}) {
-		if obj.Err == nil {
-			_ = mc.RemoveObject(ctx, bucket, obj.Key, minio.RemoveObjectOptions{})
-		}
-	}
-	if err := mc.RemoveBucket(ctx, bucket); err != nil {
-		t.Logf("remove bucket %s: %v", bucket, err)
-	}
+	return &env{t: t, minio: m, api: api, srv: srv, client: client, folder: m.Bucket(t, "res")}
 }
 
 // counter is an http.RoundTripper that counts the CDN requests a Service makes. It can hold
@@ -416,7 +365,7 @@ func (e *env) rawParts(folder, name string) (small, big []byte) {
 	if err != nil {
 		e.t.Fatalf("small part on the API: %v", err)
 	}
-	obj, err := adminClient(e.t, e.minio).GetObject(e.t.Context(), folder, name+".big", minio.GetObjectOptions{})
+	obj, err := e.minio.Client(e.t).GetObject(e.t.Context(), folder, name+".big", minio.GetObjectOptions{})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -434,22 +383,13 @@ func (e *env) putParts(folder, name string, small, big []byte) {
 	if err := e.api.PutResource(folder, name+".small", bytes.NewReader(small)); err != nil {
 		e.t.Fatal(err)
 	}
-	mc := adminClient(e.t, e.minio)
-	ctx := e.t.Context()
-	if err := mc.MakeBucket(ctx, folder, minio.MakeBucketOptions{}); err != nil {
-		if code := minio.ToErrorResponse(err).Code; code != "BucketAlreadyOwnedByYou" && code != "BucketAlreadyExists" {
-			e.t.Fatal(err)
-		}
-	}
-	if _, err := mc.PutObject(ctx, folder, name+".big", bytes.NewReader(big), int64(len(big)), minio.PutObjectOptions{}); err != nil {
-		e.t.Fatal(err)
-	}
+	e.minio.PutObject(e.t, folder, name+".big", big)
 }
 
 // objectExists reports whether MinIO holds folder/object.
 func (e *env) objectExists(folder, object string) bool {
 	e.t.Helper()
-	_, err := adminClient(e.t, e.minio).StatObject(e.t.Context(), folder, object, minio.StatObjectOptions{})
+	_, err := e.minio.Client(e.t).StatObject(e.t.Context(), folder, object, minio.StatObjectOptions{})
 	if err == nil {
 		return true
 	}
@@ -467,3 +407,23 @@ func splitSize(cipherLen int64) int64 { return min(3072, cipherLen*3/10) }
 func encryptedSize(plain int64) int64 { return 16 + (plain/16+1)*16 }
 
 var errBoom = errors.New("boom: the uploading client went away")
+
+// readResource opens folder/name on s and reads it whole, as a /load would. A failure is an
+// error of the test (from any goroutine) naming what; after a failed Open it returns nil.
+// opened, when not nil, runs once Open has returned.
+func readResource(t *testing.T, s *resources.Service, folder, name, what string, opened func()) []byte {
+	res, err := s.Open(t.Context(), folder, name)
+	if opened != nil {
+		opened()
+	}
+	if err != nil {
+		t.Errorf("%s: %v", what, err)
+		return nil
+	}
+	defer res.Close()
+	b, err := io.ReadAll(res)
+	if err != nil {
+		t.Errorf("%s: read: %v", what, err)
+	}
+	return b
+}

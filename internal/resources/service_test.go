@@ -414,18 +414,7 @@ func TestOpenLateJoiner(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range 2 {
 		wg.Go(func() {
-			res, err := s.Open(t.Context(), e.folder, "m")
-			obs.opened <- struct{}{}
-			if err != nil {
-				t.Errorf("request %d: %v", i, err)
-				return
-			}
-			defer res.Close()
-			b, err := io.ReadAll(res)
-			if err != nil {
-				t.Errorf("request %d: read: %v", i, err)
-			}
-			wantSame(t, fmt.Sprintf("request %d", i), b, data)
+			checkResource(t, s, e.folder, "m", fmt.Sprintf("request %d", i), data, func() { obs.opened <- struct{}{} })
 		})
 	}
 	wg.Wait()
@@ -442,21 +431,16 @@ func openAll(t *testing.T, s *service, folder, name string, n int, want []byte) 
 	t.Helper()
 	var wg sync.WaitGroup
 	for i := range n {
-		wg.Go(func() {
-			res, err := s.Open(t.Context(), folder, name)
-			if err != nil {
-				t.Errorf("request %d: %v", i, err)
-				return
-			}
-			defer res.Close()
-			b, err := io.ReadAll(res)
-			if err != nil {
-				t.Errorf("request %d: read: %v", i, err)
-			}
-			wantSame(t, fmt.Sprintf("request %d", i), b, want)
-		})
+		wg.Go(func() { checkResource(t, s, folder, name, fmt.Sprintf("request %d", i), want, nil) })
 	}
 	wg.Wait()
+}
+
+// checkResource reads folder/name as readResource does and checks the body against want.
+func checkResource(t *testing.T, s *service, folder, name, what string, want []byte, opened func()) {
+	if b := readResource(t, s.Service, folder, name, what, opened); b != nil {
+		wantSame(t, what, b, want)
+	}
 }
 
 // TestConcurrentRefetch: many requests finding the same damaged cache refetch it once.
@@ -515,17 +499,7 @@ func TestConcurrentOpenDifferentResources(t *testing.T) {
 	for i := range n {
 		wg.Go(func() {
 			name := fmt.Sprintf("m%d", i)
-			res, err := s.Open(t.Context(), e.folder, name)
-			if err != nil {
-				t.Errorf("Open %s: %v", name, err)
-				return
-			}
-			defer res.Close()
-			b, err := io.ReadAll(res)
-			if err != nil {
-				t.Errorf("read %s: %v", name, err)
-			}
-			wantSame(t, name, b, payload(10_000+i*1000, uint64(100+i)))
+			checkResource(t, s, e.folder, name, name, payload(10_000+i*1000, uint64(100+i)), nil)
 		})
 	}
 	wg.Wait()
