@@ -6,7 +6,6 @@ package main
 import (
 	"archive/tar"
 	"bytes"
-	"context"
 	"crypto/rand"
 	"errors"
 	"flag"
@@ -52,18 +51,11 @@ func arFiles(t testing.TB, fragment, plain []byte) (dir, fragPath, tarPath strin
 	return dir, fragPath, tarPath
 }
 
-func arNoEnv(string) string { return "" }
-
-// arRun runs the program in-process with stdin, and returns stdout, stderr and the error.
+// arRun runs the program in-process with stdin and no environment, and returns stdout,
+// stderr and the error.
 func arRun(t testing.TB, stdin []byte, args ...string) ([]byte, string, error) {
 	t.Helper()
-	var stdout, stderr bytes.Buffer
-	ctx := context.Background()
-	if stdin != nil {
-		ctx = withStdin(ctx, bytes.NewReader(stdin))
-	}
-	err := run(ctx, args, arNoEnv, &stdout, &stderr)
-	return stdout.Bytes(), stderr.String(), err
+	return runMain(stdin, func(string) string { return "" }, args...)
 }
 
 func TestArchiveEncryptFile(t *testing.T) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 
 	"crypto/rand"
 	"encoding/json"
@@ -232,6 +233,18 @@ func (e *testEnv) status() statusBody {
 		e.t.Fatalf("/status body %q: %v", body, err)
 	}
 	return st
+}
+
+// runMain runs the program in-process, as main does, with stdin (none when nil) and getenv as
+// its environment, and returns stdout, stderr and the error.
+func runMain(stdin []byte, getenv func(string) string, args ...string) ([]byte, string, error) {
+	var stdout, stderr bytes.Buffer
+	ctx := context.Background()
+	if stdin != nil {
+		ctx = withStdin(ctx, bytes.NewReader(stdin))
+	}
+	err := run(ctx, args, getenv, &stdout, &stderr)
+	return stdout.Bytes(), stderr.String(), err
 }
 
 // detail decodes the loader's error body {"detail": "..."}.

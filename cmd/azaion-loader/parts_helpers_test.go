@@ -3,7 +3,6 @@ package main
 // A reverse proxy in front of the test MinIO that counts and holds what passes.
 
 import (
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -40,7 +39,7 @@ func newCDNProxy(t *testing.T, m testenv.MinIOServer) *cdnProxy {
 		hold, after, holding := p.hold, p.holdAfter, p.holding
 		p.mu.Unlock()
 		if r.Out.Method == http.MethodPut && hold != nil && r.Out.ContentLength > after {
-			r.Out.Body = &heldBody{ReadCloser: r.Out.Body, left: after, hold: hold, reached: holding}
+			r.Out.Body = testenv.HeldBody(r.Out.Body, after, hold, nil, func() { close(holding) })
 		}
 	}}
 	rp.ModifyResponse = func(resp *http.Response) error {
@@ -91,29 +90,6 @@ func (p *cdnProxy) count(n int) {
 	p.mu.Lock()
 	p.got += int64(n)
 	p.mu.Unlock()
-}
-
-// heldBody passes left bytes, then waits for hold to close; reached closes when it got there.
-type heldBody struct {
-	io.ReadCloser
-	left    int64
-	hold    chan struct{}
-	reached chan struct{}
-	once    sync.Once
-}
-
-func (b *heldBody) Read(buf []byte) (int, error) {
-	if b.left == 0 {
-		b.once.Do(func() { close(b.reached) })
-		<-b.hold
-		return b.ReadCloser.Read(buf)
-	}
-	if int64(len(buf)) > b.left {
-		buf = buf[:b.left]
-	}
-	n, err := b.ReadCloser.Read(buf)
-	b.left -= int64(n)
-	return n, err
 }
 
 // cdnThrough is the test MinIO's settings with host replaced, as cdn.yaml would carry them.

@@ -136,7 +136,7 @@ func TestLoadFailuresOverHTTP(t *testing.T) {
 	if err := e.ref.PutResource(folder, "garbled.bin.small", bytes.NewReader(payload(48, 2))); err != nil {
 		t.Fatal(err)
 	}
-	e.putBig(folder, "garbled.bin.big", payload(4096, 3))
+	e.minio.PutObject(t, folder, "garbled.bin.big", payload(4096, 3)) // as another uploader would
 	code, body, _ = e.load(folder, "garbled.bin")
 	if code != http.StatusInternalServerError || !strings.Contains(detail(t, body), "wrong key or corrupted data") {
 		t.Fatalf("undecryptable: %d %s, want 500 naming the cause", code, body)
@@ -154,12 +154,6 @@ func loaderGoroutines() []string {
 		}
 	}
 	return out
-}
-
-// putBig places an object on the test MinIO directly, as another uploader would.
-func (e *testEnv) putBig(bucket, object string, data []byte) {
-	e.t.Helper()
-	e.minio.PutObject(e.t, bucket, object, data)
 }
 
 func TestLoadWithCDNDown(t *testing.T) {

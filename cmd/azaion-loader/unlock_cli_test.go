@@ -5,7 +5,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/hex"
 	"os"
 	"strings"
@@ -26,14 +25,8 @@ func clRun(t *testing.T, e *testEnv, env map[string]string, stdin []byte, extra 
 		"--api-version", e.cfg.APIVersion,
 		"--docker-images", strings.Join(e.cfg.DockerImages, ","),
 	}
-	args = append(args, extra...)
-	ctx := context.Background()
-	if stdin != nil {
-		ctx = withStdin(ctx, bytes.NewReader(stdin))
-	}
-	var stdout, stderr bytes.Buffer
-	err := run(ctx, args, func(k string) string { return env[k] }, &stdout, &stderr)
-	return stdout.String(), stderr.String(), err
+	stdout, stderr, err := runMain(stdin, func(k string) string { return env[k] }, append(args, extra...)...)
+	return string(stdout), stderr, err
 }
 
 // clAssertNoSecrets fails when any of secrets appears in the texts.

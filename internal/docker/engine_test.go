@@ -70,7 +70,14 @@ func TestNewDefaultsToDockerHost(t *testing.T) {
 // fakeDaemon answers /images/load like dockerd does: 200 OK, then a JSON message stream.
 func fakeDaemon(t *testing.T, load func(w http.ResponseWriter, r *http.Request)) string {
 	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewServer(daemonAPI(load))
+	t.Cleanup(srv.Close)
+	return "tcp://" + srv.Listener.Addr().String()
+}
+
+// daemonAPI is the fake daemon's Engine API: /_ping, and /images/load answered by load.
+func daemonAPI(load http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Api-Version", "1.41")
 		switch {
 		case strings.HasSuffix(r.URL.Path, "/_ping"):
@@ -80,9 +87,7 @@ func fakeDaemon(t *testing.T, load func(w http.ResponseWriter, r *http.Request))
 		default:
 			http.NotFound(w, r)
 		}
-	}))
-	t.Cleanup(srv.Close)
-	return "tcp://" + srv.Listener.Addr().String()
+	})
 }
 
 func TestLoadImagesErrorInsideStream(t *testing.T) {

@@ -109,17 +109,7 @@ func unixDaemon(t *testing.T, load http.HandlerFunc) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Api-Version", "1.41")
-		switch {
-		case strings.HasSuffix(r.URL.Path, "/_ping"):
-			io.WriteString(w, "OK")
-		case strings.HasSuffix(r.URL.Path, "/images/load"):
-			load(w, r)
-		default:
-			http.NotFound(w, r)
-		}
-	}))
+	srv := httptest.NewUnstartedServer(daemonAPI(load))
 	srv.Listener.Close()
 	srv.Listener = ln
 	srv.Start()

@@ -118,15 +118,25 @@ func (s *Server) bindHardware(email, hardware string) bool {
 	return u.Hardware == hardware
 }
 
+// folderFor authenticates r and returns its {folder}; when ok is false it has answered (401,
+// or 400 for a path-like folder name).
+func (s *Server) folderFor(w http.ResponseWriter, r *http.Request) (folder string, ok bool) {
+	if _, ok := s.authenticate(w, r); !ok {
+		return "", false
+	}
+	folder = r.PathValue("folder")
+	if !validName(folder) {
+		writeError(w, http.StatusBadRequest, "invalid folder name")
+		return "", false
+	}
+	return folder, true
+}
+
 // handleUpload serves POST /resources/{folder}: multipart, file field "data", stored under the
 // part's file name. The body is streamed to disk, never held in memory.
 func (s *Server) handleUpload(w http.ResponseWriter, r *http.Request) {
-	if _, ok := s.authenticate(w, r); !ok {
-		return
-	}
-	folder := r.PathValue("folder")
-	if !validName(folder) {
-		writeError(w, http.StatusBadRequest, "invalid folder name")
+	folder, ok := s.folderFor(w, r)
+	if !ok {
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, s.maxUpload)
@@ -227,12 +237,8 @@ func (s *Server) store(folder, name string, src io.Reader) (err error) {
 // handleList serves GET /resources/list/{folder}: the sorted file names, [] for an unknown
 // folder.
 func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
-	if _, ok := s.authenticate(w, r); !ok {
-		return
-	}
-	folder := r.PathValue("folder")
-	if !validName(folder) {
-		writeError(w, http.StatusBadRequest, "invalid folder name")
+	folder, ok := s.folderFor(w, r)
+	if !ok {
 		return
 	}
 	entries, err := os.ReadDir(filepath.Join(s.dataDir, folder))

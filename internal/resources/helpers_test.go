@@ -98,11 +98,11 @@ type counter struct {
 
 // hold stops the body of one GET after a number of bytes until it is released.
 type hold struct {
-	path            string
-	after           int64
-	reached         chan struct{} // closed when the body got to the point
-	release         chan struct{}
-	reachedOnce, rl sync.Once
+	path    string
+	after   int64
+	reached chan struct{} // closed when the body got to the point
+	release chan struct{}
+	rl      sync.Once
 }
 
 // Release lets the held body go on.
@@ -118,31 +118,6 @@ func (c *counter) holdGet(t testing.TB, folder, object string, after int64) *hol
 	c.hold = h
 	c.mu.Unlock()
 	return h
-}
-
-type heldBody struct {
-	io.ReadCloser
-	h    *hold
-	done <-chan struct{} // the request's context
-	left int64
-}
-
-func (b *heldBody) Read(p []byte) (int, error) {
-	if b.left == 0 {
-		b.h.reachedOnce.Do(func() { close(b.h.reached) })
-		select {
-		case <-b.h.release:
-		case <-b.done:
-			return 0, errors.New("request cancelled while held")
-		}
-		return b.ReadCloser.Read(p)
-	}
-	if int64(len(p)) > b.left {
-		p = p[:b.left]
-	}
-	n, err := b.ReadCloser.Read(p)
-	b.left -= int64(n)
-	return n, err
 }
 
 func newCounter(t testing.TB) *counter {
@@ -167,7 +142,7 @@ func (c *counter) RoundTrip(r *http.Request) (*http.Response, error) {
 		resp.Body = streams.ReadCloser(streams.OnRead(resp.Body, c.count), resp.Body)
 	}
 	if err == nil && h != nil {
-		resp.Body = &heldBody{ReadCloser: resp.Body, h: h, done: r.Context().Done(), left: h.after}
+		resp.Body = testenv.HeldBody(resp.Body, h.after, h.release, r.Context().Done(), func() { close(h.reached) })
 	}
 	return resp, err
 }
