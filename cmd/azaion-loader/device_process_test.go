@@ -69,11 +69,7 @@ func TestDeviceConfigRefused(t *testing.T) {
 			}
 			t.Logf("%s", lines[0])
 			out := r.stdout + r.stderr + readDir(t, logDir)
-			for _, secret := range []string{devicePassword, deviceEmail} {
-				if strings.Contains(out, secret) {
-					t.Errorf("%q is in the output", secret)
-				}
-			}
+			noSecrets(t, []string{out}, devicePassword, deviceEmail)
 		})
 	}
 }

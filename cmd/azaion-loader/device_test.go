@@ -26,18 +26,6 @@ func deviceConf() string {
 	return fmt.Sprintf("# provisioned for drone 17\nAZAION_DEVICE_EMAIL=%s\nAZAION_DEVICE_PASSWORD='%s'\n", testEmail, testPassword)
 }
 
-// noCredentials fails if any output holds the test account's password or email.
-func noCredentials(t *testing.T, outputs ...string) {
-	t.Helper()
-	for _, out := range outputs {
-		for what, s := range map[string]string{"password": testPassword, "email": testEmail} {
-			if strings.Contains(out, s) {
-				t.Errorf("the %s appears in an output:\n%s", what, out)
-			}
-		}
-	}
-}
-
 // sealFor seals deviceConf() with the TPM at dev, from standard input, and returns the file.
 func sealFor(t *testing.T, dev string, extra ...string) string {
 	t.Helper()
@@ -46,7 +34,7 @@ func sealFor(t *testing.T, dev string, extra ...string) string {
 	if r.code != 0 {
 		t.Fatalf("device seal: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
-	noCredentials(t, r.stdout, r.stderr)
+	noSecrets(t, []string{r.stdout, r.stderr}, testPassword, testEmail)
 	return out
 }
 
@@ -72,7 +60,7 @@ func refused(t *testing.T, env []string, code int, want ...string) result {
 			t.Errorf("the message does not say %q:\n%s", w, r.stderr)
 		}
 	}
-	noCredentials(t, r.stdout, r.stderr)
+	noSecrets(t, []string{r.stdout, r.stderr}, testPassword, testEmail)
 	return r
 }
 
@@ -96,7 +84,7 @@ func TestSealedIdentityStartsTheLoader(t *testing.T) {
 	p.cmd.Process.Kill()
 	<-p.done
 	e.checkNoSecrets(p.stderr.String())
-	noCredentials(t, p.stderr.String())
+	noSecrets(t, []string{p.stderr.String()}, testPassword, testEmail)
 }
 
 // TestSealedFileHoldsNoSecret: no 4-byte piece of the password or the email is in the sealed
@@ -314,7 +302,7 @@ func TestDeviceInfo(t *testing.T) {
 					t.Errorf("device info does not say %q:\n%s", w, r.stdout)
 				}
 			}
-			noCredentials(t, r.stdout, r.stderr)
+			noSecrets(t, []string{r.stdout, r.stderr}, testPassword, testEmail)
 		})
 	}
 	t.Run("TPM stopped", func(t *testing.T) {
@@ -351,7 +339,7 @@ func TestDeviceSealRefusals(t *testing.T) {
 			if r.code != c.code || !strings.Contains(r.stderr, c.want) {
 				t.Fatalf("exit %d, want %d saying %q:\n%s%s", r.code, c.code, c.want, r.stdout, r.stderr)
 			}
-			noCredentials(t, r.stdout, r.stderr)
+			noSecrets(t, []string{r.stdout, r.stderr}, testPassword, testEmail)
 			if _, err := os.Stat(out); !os.IsNotExist(err) {
 				t.Errorf("a refused seal left %s (%v)", out, err)
 			}

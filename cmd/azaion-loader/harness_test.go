@@ -270,6 +270,17 @@ func (e *testEnv) assertNoSecrets(extra ...string) {
 	e.checkNoSecrets(e.logs.String()+readDir(e.t, e.cfg.LogDir), extra...)
 }
 
+// noSecrets fails when any of secrets appears in the texts (a command's outputs, say).
+func noSecrets(t *testing.T, texts []string, secrets ...string) {
+	t.Helper()
+	all := strings.Join(texts, "\n")
+	for _, s := range secrets {
+		if s != "" && strings.Contains(all, s) {
+			t.Errorf("a secret %.4s… appears in an output", s)
+		}
+	}
+}
+
 // checkNoSecrets fails if logs hold any token, or the email, the password, the key fragment, the archive
 // key, the API key, the hardware fingerprint or its hash, a CDN secret, or one of extra.
 func (e *testEnv) checkNoSecrets(logs string, extra ...string) {

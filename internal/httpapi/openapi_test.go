@@ -15,6 +15,7 @@ import (
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
 	"github.com/getkin/kin-openapi/routers/legacy"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -147,14 +148,7 @@ func TestOpenAPIAnswers(t *testing.T) {
 	for _, ct := range []string{"text/html", "text/css", "text/javascript"} {
 		openapi3filter.RegisterBodyDecoder(ct, openapi3filter.PlainBodyDecoder)
 	}
-	doc, err := openapi3.NewLoader().LoadFromData(openAPIDocument(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	router, err := legacy.NewRouter(doc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	doc, router := openAPIRouter(t)
 	const token = "api-token-Qv27"
 	reg := prometheus.NewRegistry()
 	e := newEnv(t, func(c *httpapi.Config) {
@@ -346,6 +340,21 @@ func openAPIDocument(t *testing.T) []byte {
 	return a.body
 }
 
+// openAPIRouter is the served document, loaded, and a router that finds an operation of it for
+// a request.
+func openAPIRouter(t *testing.T) (*openapi3.T, routers.Router) {
+	t.Helper()
+	doc, err := openapi3.NewLoader().LoadFromData(openAPIDocument(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	router, err := legacy.NewRouter(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return doc, router
+}
+
 func TestMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	e := newEnv(t, func(c *httpapi.Config) { c.Registry, c.Gatherer = reg, reg })
@@ -378,10 +387,7 @@ func TestMetricsDisabled(t *testing.T) {
 // TestNotFound: unknown paths and wrong methods answer JSON as FastAPI did, with the answers
 // the document's components describe; a path the mux cleans is still redirected.
 func TestNotFound(t *testing.T) {
-	doc, err := openapi3.NewLoader().LoadFromData(openAPIDocument(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	doc, _ := openAPIRouter(t)
 	e := newEnv(t, nil)
 	for _, tc := range []struct {
 		method, path string

@@ -9,9 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
-	"github.com/getkin/kin-openapi/routers/legacy"
 
 	"github.com/azaion/loader/internal/httpapi"
 	"github.com/azaion/loader/internal/unattended"
@@ -41,14 +39,7 @@ func (f *fakeUnattended) set(st unattended.Status) {
 func TestStatusUnattended(t *testing.T) {
 	u := &fakeUnattended{}
 	e := newEnv(t, func(c *httpapi.Config) { c.Unattended = u })
-	doc, err := openapi3.NewLoader().LoadFromData(openAPIDocument(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	router, err := legacy.NewRouter(doc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, router := openAPIRouter(t)
 	next := time.Date(2026, 3, 1, 12, 0, 5, 250e6, time.FixedZone("CET", 3600))
 	for _, c := range []struct {
 		st   unattended.Status
