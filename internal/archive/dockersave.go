@@ -2,7 +2,6 @@ package archive
 
 import (
 	"archive/tar"
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -12,81 +11,12 @@ import (
 	"strings"
 )
 
-// The docker save side of the check. Two layouts exist:
-//
-//   - Docker 1.10 to 24: manifest.json, repositories, <config sha256>.json, and per layer a
-//     directory <v1 id>/ with VERSION, json and layer.tar (or a symlink to another layer.tar).
-//   - Docker 25 and later (OCI image layout): manifest.json, repositories, index.json,
-//     oci-layout and blobs/sha256/<sha256>, where every file's name is its own digest.
-//
-// Every file is accounted for: a blob by its name; a config by its name (its SHA-256); a
+// The docker save side of the check, for both layouts (layout.go). Every file is accounted for: a blob by its name; a config by its name (its SHA-256); a
 // layer by the config's rootfs.diff_ids (the SHA-256 of the layer tar, after gunzip for a
 // compressed blob); a legacy layer's json by its directory name, which docker derives from
 // that json, the layer's chain ID and its parent (checkV1ID); manifest.json, repositories,
 // index.json and oci-layout by what they must agree on with each other and with the
 // digest-checked files. Anything else is not something docker save writes.
-
-// manifestItem is one image in manifest.json.
-type manifestItem struct {
-	Config       string
-	RepoTags     []string
-	Layers       []string
-	Parent       string                     `json:",omitempty"`
-	LayerSources map[string]json.RawMessage `json:",omitempty"`
-}
-
-// imageConfig is what the checks read of an image config.
-type imageConfig struct {
-	Architecture string `json:"architecture"`
-	OS           string `json:"os"`
-	Variant      string `json:"variant"`
-	RootFS       struct {
-		Type    string   `json:"type"`
-		DiffIDs []string `json:"diff_ids"`
-	} `json:"rootfs"`
-}
-
-// ociDescriptor, ociPlatform, ociIndex and ociManifest are the OCI image-spec structures
-// (all their fields, so that a strict decode refuses a damaged key).
-type ociDescriptor struct {
-	MediaType    string            `json:"mediaType"`
-	Digest       string            `json:"digest"`
-	Size         int64             `json:"size"`
-	URLs         []string          `json:"urls,omitempty"`
-	Annotations  map[string]string `json:"annotations,omitempty"`
-	Data         []byte            `json:"data,omitempty"`
-	Platform     *ociPlatform      `json:"platform,omitempty"`
-	ArtifactType string            `json:"artifactType,omitempty"`
-}
-
-type ociPlatform struct {
-	Architecture string   `json:"architecture"`
-	OS           string   `json:"os"`
-	OSVersion    string   `json:"os.version,omitempty"`
-	OSFeatures   []string `json:"os.features,omitempty"`
-	Variant      string   `json:"variant,omitempty"`
-	Features     []string `json:"features,omitempty"`
-}
-
-type ociIndex struct {
-	SchemaVersion int               `json:"schemaVersion"`
-	MediaType     string            `json:"mediaType,omitempty"`
-	ArtifactType  string            `json:"artifactType,omitempty"`
-	Manifests     []ociDescriptor   `json:"manifests"`
-	Subject       *ociDescriptor    `json:"subject,omitempty"`
-	Annotations   map[string]string `json:"annotations,omitempty"`
-}
-
-type ociManifest struct {
-	MediaType string        `json:"mediaType"`
-	Config    ociDescriptor `json:"config"`
-}
-
-// Annotations docker writes into index.json (containerd's image name, OCI's ref name).
-const (
-	annotationImageName = "io.containerd.image.name"
-	annotationRefName   = "org.opencontainers.image.ref.name"
-)
 
 // checker runs the docker save checks over a finished walk.
 type checker struct {
@@ -320,61 +250,6 @@ func (c *checker) checkRepositories() error {
 	return nil
 }
 
-// checkOCI checks oci-layout and index.json, when present: each manifest index.json lists is
-// a blob of the size it says, and the names and platforms it gives agree with the images.
-func (c *checker) checkOCI() error {
-	if l := c.w.entries["oci-layout"]; l != nil {
-		l.used = true
-		var layout struct {
-			ImageLayoutVersion string `json:"imageLayoutVersion"`
-		}
-		if l.typ != tar.TypeReg || strictJSON(l.data, &layout) != nil || layout.ImageLayoutVersion != "1.0.0" {
-			return fmt.Errorf("%w: oci-layout is not {\"imageLayoutVersion\": \"1.0.0\"}", ErrCorrupt)
-		}
-	}
-	ie := c.w.entries["index.json"]
-	if ie == nil {
-		return nil
-	}
-	ie.used = true
-	var idx ociIndex
-	if ie.typ != tar.TypeReg || strictJSON(ie.data, &idx) != nil || idx.SchemaVersion != 2 ||
-		idx.MediaType != "" && idx.MediaType != "application/vnd.oci.image.index.v1+json" {
-		return fmt.Errorf("%w: index.json is not an OCI image index", ErrCorrupt)
-	}
-	tags := make(map[string]bool)
-	for _, it := range c.items {
-		for _, t := range it.RepoTags {
-			tags[t] = true
-		}
-	}
-	for _, d := range idx.Manifests {
-		hexd, ok := strings.CutPrefix(d.Digest, "sha256:")
-		b := c.w.entries["blobs/sha256/"+hexd]
-		if !ok || !isHex64(hexd) || b == nil || b.typ != tar.TypeReg || b.size != d.Size {
-			return fmt.Errorf("%w: index.json lists a manifest %s of %d bytes that the archive does not hold", ErrCorrupt, d.Digest, d.Size)
-		}
-		if name := d.Annotations[annotationImageName]; name != "" {
-			short := familiar(name)
-			if !tags[short] {
-				return fmt.Errorf("%w: index.json names an image %s that manifest.json does not", ErrCorrupt, name)
-			}
-			if ref, ok := d.Annotations[annotationRefName]; ok && !strings.HasSuffix(short, ":"+ref) {
-				return fmt.Errorf("%w: index.json gives image %s the tag %q", ErrCorrupt, name, ref)
-			}
-		}
-		var m ociManifest
-		if b.data == nil || json.Unmarshal(b.data, &m) != nil || m.MediaType != "" && m.MediaType != d.MediaType {
-			return fmt.Errorf("%w: index.json lists %s as a %q, which it is not", ErrCorrupt, d.Digest, d.MediaType)
-		}
-		if cfg := c.configs[m.Config.Digest]; cfg != nil && d.Platform != nil &&
-			(cfg.Architecture != d.Platform.Architecture || cfg.OS != d.Platform.OS || cfg.Variant != d.Platform.Variant) {
-			return fmt.Errorf("%w: index.json gives manifest %s another platform than its image's config", ErrCorrupt, d.Digest)
-		}
-	}
-	return nil
-}
-
 // checkAllUsed: every file and link was checked by something above, every directory is one
 // docker save makes.
 func (c *checker) checkAllUsed() error {
@@ -415,112 +290,4 @@ func (c *checker) resolve(name, what string) (*entry, error) {
 		}
 	}
 	return nil, fmt.Errorf("%w: the %s is a chain of too many links", ErrNotDockerSave, what)
-}
-
-// strictJSON decodes data into v refusing unknown fields and anything after the value. It is
-// used for the files no digest covers (manifest.json, repositories, index.json, oci-layout),
-// which docker writes in printable ASCII: a damaged block of 16 random bytes is not.
-func strictJSON(data []byte, v any) error {
-	if data == nil {
-		return fmt.Errorf("not JSON")
-	}
-	if !printable(data) {
-		return fmt.Errorf("not printable ASCII")
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if rest := bytes.TrimSpace(data[dec.InputOffset():]); len(rest) > 0 {
-		return fmt.Errorf("%d bytes after the JSON value", len(rest))
-	}
-	return nil
-}
-
-// metaFile reports whether name is a docker save file the checks read by its name.
-func metaFile(name string) bool {
-	switch name {
-	case "manifest.json", "repositories", "index.json", "oci-layout":
-		return true
-	}
-	if h, ok := strings.CutSuffix(name, ".json"); ok && isHex64(h) {
-		return true
-	}
-	dir, file := path.Split(name)
-	return isHex64(strings.TrimSuffix(dir, "/")) && (file == "json" || file == "VERSION")
-}
-
-// isBlob reports whether name is an OCI layout blob, blobs/sha256/<hex>.
-func isBlob(name string) bool {
-	h, ok := strings.CutPrefix(name, "blobs/sha256/")
-	return ok && isHex64(h)
-}
-
-// digestInPath returns the SHA-256 a file's path names: blobs/sha256/<hex> or <hex>.json.
-func digestInPath(p string) (string, bool) {
-	if h, ok := strings.CutPrefix(p, "blobs/sha256/"); ok && isHex64(h) {
-		return h, true
-	}
-	if h, ok := strings.CutSuffix(p, ".json"); ok && isHex64(h) {
-		return h, true
-	}
-	return "", false
-}
-
-// topLayerID is the ID repositories gives an image: its top layer's directory (legacy) or
-// blob name (OCI).
-func topLayerID(layer string) string {
-	if dir, ok := strings.CutSuffix(layer, "/layer.tar"); ok {
-		return dir
-	}
-	return path.Base(layer)
-}
-
-// chainID is the chain ID of a layer with diff ID diff on top of the chain parent (OCI
-// image-spec: the first layer's is its diff ID).
-func chainID(parent, diff string) string {
-	if parent == "" {
-		return diff
-	}
-	sum := sha256.Sum256([]byte(parent + " " + diff))
-	return "sha256:" + hex.EncodeToString(sum[:])
-}
-
-// familiar shortens a full image name as docker shows it: docker.io/library/x:t is x:t.
-func familiar(name string) string {
-	if rest, ok := strings.CutPrefix(name, "docker.io/"); ok {
-		if short, ok := strings.CutPrefix(rest, "library/"); ok && !strings.Contains(short, "/") {
-			return short
-		}
-		return rest
-	}
-	return name
-}
-
-// imageName names an image in messages: its first tag, or its config.
-func imageName(it *manifestItem) string {
-	if len(it.RepoTags) > 0 {
-		return it.RepoTags[0]
-	}
-	return it.Config
-}
-
-func isHex64(s string) bool {
-	if len(s) != 64 {
-		return false
-	}
-	for _, c := range []byte(s) {
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
-}
-
-func sha256Digest(sum [32]byte) string { return "sha256:" + hex.EncodeToString(sum[:]) }
-
-func jsonString(s string) json.RawMessage {
-	b, _ := json.Marshal(s)
-	return b
 }
