@@ -26,3 +26,24 @@ type Status struct {
 // ErrArchiveNotFound: the encrypted archive is missing and the images are not loaded.
 // httpapi answers it with 404 {"detail":"Encrypted archive not found"}.
 var ErrArchiveNotFound = errors.New("encrypted archive not found")
+
+// setState moves the workflow to s.
+func (u *Unlocker) setState(s State) {
+	u.mu.Lock()
+	u.state = s
+	u.mu.Unlock()
+	u.log.Info("unlock: state", "state", s)
+}
+
+// advance moves from one state to the next only if the workflow is still in the first.
+func (u *Unlocker) advance(from, to State) {
+	u.mu.Lock()
+	ok := u.state == from
+	if ok {
+		u.state = to
+	}
+	u.mu.Unlock()
+	if ok {
+		u.log.Info("unlock: state", "state", to)
+	}
+}
