@@ -214,3 +214,41 @@ func specEncrypt(plain []byte, key string) []byte {
 	cipher.NewCBCEncrypter(block, out[:aes.BlockSize]).CryptBlocks(out[aes.BlockSize:], padded)
 	return out
 }
+
+func runConcurrently(t *testing.T, n int, f func() error) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	start := make(chan struct{})
+	for range n {
+		wg.Go(func() {
+			<-start
+			errs <- f()
+		})
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// doneWatcher is a context that is never cancelled and closes watched the first time its Done
+// channel is asked for: a caller blocks on ctx.Done only when it has nothing else to do but wait.
+type doneWatcher struct {
+	context.Context
+	once    sync.Once
+	watched chan struct{}
+}
+
+func newDoneWatcher() *doneWatcher {
+	return &doneWatcher{Context: context.Background(), watched: make(chan struct{})}
+}
+
+func (w *doneWatcher) Done() <-chan struct{} {
+	w.once.Do(func() { close(w.watched) })
+	return w.Context.Done()
+}

@@ -6,11 +6,19 @@ package resourceapi
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/azaion/loader/internal/refapi"
+	"github.com/azaion/loader/internal/security"
 )
 
 // loginGate holds every POST /login in front of the reference API until released, and records
@@ -192,33 +200,6 @@ func TestAbandonedLoginIsNotShared(t *testing.T) {
 	}
 }
 
-func TestParseRetryAfter(t *testing.T) {
-	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	for _, c := range []struct {
-		in   string
-		want time.Duration
-		ok   bool
-	}{
-		{"120", 2 * time.Minute, true},
-		{" 0 ", 0, true},
-		{"3", 3 * time.Second, true},
-		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second, true},
-		{"Sunday, 01-Mar-26 12:00:30 GMT", 30 * time.Second, true}, // RFC 850, still accepted
-		{now.Add(-time.Hour).Format(http.TimeFormat), 0, true},     // in the past: now
-		{"99999999999999999999999", maxRetryAfter, true},
-		{"172800", maxRetryAfter, true},
-		{"", 0, false},
-		{"soon", 0, false},
-		{"-5", 0, false},
-		{"1.5", 0, false},
-	} {
-		got, ok := parseRetryAfter(c.in, now)
-		if got != c.want || ok != c.ok {
-			t.Errorf("parseRetryAfter(%q) = %v, %v; want %v, %v", c.in, got, ok, c.want, c.ok)
-		}
-	}
-}
-
 func TestRetryAfter(t *testing.T) {
 	e := newEnv(t, Options{}, nil)
 	var status atomic.Int32
@@ -255,5 +236,223 @@ func TestRetryAfter(t *testing.T) {
 	_, err = e.client.KeyFragment(context.Background())
 	if errors.As(err, &ra) || !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("429 without Retry-After: %v, want a plain ErrUnavailable", err)
+	}
+}
+
+func TestLoginStoresSession(t *testing.T) {
+	e := newEnv(t, Options{}, nil)
+	if _, ok := e.client.Session(); ok {
+		t.Fatal("Session ok before login")
+	}
+	if _, err := e.client.CDN(); !errors.Is(err, ErrNotLoggedIn) {
+		t.Fatalf("CDN before login: %v", err)
+	}
+	e.login(t)
+	user, ok := e.client.Session()
+	if want := (User{ID: testUserID, Email: testEmail, Role: Operator}); !ok || user != want {
+		t.Fatalf("Session = %+v, %v; want %+v", user, ok, want)
+	}
+	cdn, err := e.client.CDN()
+	if err != nil || cdn != CDNSettings(testCDN) {
+		t.Fatalf("CDN = %+v, %v; want %+v", cdn, err, testCDN)
+	}
+	if n := e.calls(refapi.EndpointGet); n != 1 {
+		t.Errorf("cdn.yaml fetched %d times, want 1", n)
+	}
+}
+
+// TestLoginLogsUserID: the log names the user by the token's nameid, never by the email
+// (SPEC §7 counts the email as a credential), also when the client logs in again by itself.
+func TestLoginLogsUserID(t *testing.T) {
+	e := newEnv(t, Options{}, nil)
+	e.login(t)
+	e.ref.RevokeTokens()
+	if _, err := e.client.KeyFragment(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	logs := e.logs.String()
+	for _, want := range []string{
+		`msg="logged in to the resource API" user=user-1 role=Operator`,
+		`msg="logging in to the resource API again" user=user-1`,
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the log lacks %s:\n%s", want, logs)
+		}
+	}
+	if strings.Contains(logs, testEmail) {
+		t.Errorf("the log names the email:\n%s", logs)
+	}
+}
+
+func TestLoginRejected(t *testing.T) {
+	// Any 4xx but 408 and 429 means "not these credentials".
+	for _, status := range []int{400, 401, 403, 404, 409} {
+		t.Run(fmt.Sprint(status), func(t *testing.T) {
+			e := newEnv(t, Options{}, nil)
+			e.ref.SetFault(refapi.EndpointLogin, status, 1)
+			err := e.client.Login(context.Background(), testEmail, testPassword)
+			if !errors.Is(err, ErrUnauthorized) {
+				t.Fatalf("err = %v, want ErrUnauthorized", err)
+			}
+			if _, ok := e.client.Session(); ok {
+				t.Error("a failed login left a session")
+			}
+		})
+	}
+	for _, c := range []struct{ name, email, password string }{
+		{"wrong password", testEmail, "wrong"},
+		{"unknown user", "nobody@azaion.test", testPassword},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t, Options{}, nil)
+			err := e.client.Login(context.Background(), c.email, c.password)
+			if !errors.Is(err, ErrUnauthorized) {
+				t.Fatalf("err = %v, want ErrUnauthorized", err)
+			}
+			if !strings.Contains(err.Error(), "invalid email or password") {
+				t.Errorf("err = %q, want the API's reason", err)
+			}
+		})
+	}
+	t.Run("empty password", func(t *testing.T) {
+		e := newEnv(t, Options{}, nil)
+		if err := e.client.Login(context.Background(), testEmail, ""); !errors.Is(err, ErrUnauthorized) {
+			t.Fatalf("err = %v, want ErrUnauthorized", err)
+		}
+		if n := e.calls(refapi.EndpointLogin); n != 0 {
+			t.Errorf("empty password sent upstream %d times", n)
+		}
+	})
+}
+
+func TestLoginUnavailable(t *testing.T) {
+	answer := func(status int, contentType, body string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", contentType)
+			w.WriteHeader(status)
+			io.WriteString(w, body)
+		}
+	}
+	tests := []struct {
+		name    string
+		handler http.HandlerFunc
+	}{
+		{"500", answer(500, "text/plain", "boom")},
+		{"503", answer(503, "text/html", "<html>down</html>")},
+		{"429", answer(429, "text/plain", "slow down")},
+		{"garbage", answer(200, "text/html", "<html>captive portal</html>")},
+		{"no token", answer(200, "application/json", `{"jwt":"x"}`)},
+		{"token not a JWT", answer(200, "application/json", `{"token":"not.a.jwt"}`)},
+		{"token not three parts", answer(200, "application/json", `{"token":"abc"}`)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(tt.handler)
+			defer srv.Close()
+			c, err := New(srv.URL, testHardware, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = c.Login(context.Background(), testEmail, testPassword)
+			if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrUnauthorized) {
+				t.Fatalf("err = %v, want ErrUnavailable only", err)
+			}
+		})
+	}
+	t.Run("closed port", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		c, err := New("http://"+addr, testHardware, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = c.Login(context.Background(), testEmail, testPassword)
+		if !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("err = %v, want ErrUnavailable", err)
+		}
+		if !strings.Contains(err.Error(), "connection refused") {
+			t.Errorf("err = %q, want the cause named", err)
+		}
+	})
+}
+
+func TestLoginCDNFailures(t *testing.T) {
+	notYAML := func(w http.ResponseWriter, r *http.Request, ref http.Handler) {
+		if r.URL.Path == "/resources/get" { // only cdn.yaml lives at the top level
+			w.Write(specEncrypt([]byte("host: [unclosed"), specAPIKey(testEmail, testPassword, testHardware)))
+			return
+		}
+		ref.ServeHTTP(w, r)
+	}
+	tests := []struct {
+		name  string
+		setup func(*env)
+		want  error
+	}{
+		{"cdn.yaml missing", func(e *env) { e.ref.SetFault(refapi.EndpointGet, 404, 1) }, ErrUnavailable},
+		{"cdn.yaml forbidden", func(e *env) { e.ref.SetFault(refapi.EndpointGet, 403, 1) }, ErrForbidden},
+		{"hardware bound to another device", func(e *env) { e.ref.SetHardware(testEmail, "CPU: another device") }, ErrForbidden},
+		{"cdn.yaml 401", func(e *env) { e.ref.SetFault(refapi.EndpointGet, 401, 1) }, ErrUnauthorized},
+		{"cdn.yaml 500", func(e *env) { e.ref.SetFault(refapi.EndpointGet, 500, 1) }, ErrUnavailable},
+		{"cdn.yaml not YAML", func(e *env) { e.setFault(notYAML) }, ErrUnavailable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, Options{}, nil)
+			tt.setup(e)
+			err := e.client.Login(context.Background(), testEmail, testPassword)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("err = %v, want %v", err, tt.want)
+			}
+			if _, ok := e.client.Session(); ok {
+				t.Error("a failed login left a session")
+			}
+			if n := e.calls(refapi.EndpointLogin); n != 1 {
+				t.Errorf("%d logins, want 1 (no retry inside Login)", n)
+			}
+		})
+	}
+	t.Run("cdn.yaml without host", func(t *testing.T) {
+		e := newEnv(t, Options{}, func(c *refapi.Config) { c.CDN.Host = "" })
+		if err := e.client.Login(context.Background(), testEmail, testPassword); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "no host") {
+			t.Fatalf("err = %v, want ErrUnavailable saying there is no host", err)
+		}
+	})
+	t.Run("cdn.yaml encrypted with another key", func(t *testing.T) {
+		e := newEnv(t, Options{}, nil)
+		// The client sends the right fingerprint but derives its key from another one.
+		e.client.hardwareHash = security.HardwareHash("not this device")
+		err := e.client.Login(context.Background(), testEmail, testPassword)
+		if !errors.Is(err, ErrUnavailable) || !errors.Is(err, security.ErrWrongKey) {
+			t.Fatalf("err = %v, want ErrUnavailable and security.ErrWrongKey", err)
+		}
+	})
+}
+
+// A failed Login leaves the client as it was: a mistyped password or a network failure does
+// not log a working device out.
+func TestFailedLoginKeepsSession(t *testing.T) {
+	e := newEnv(t, Options{}, nil)
+	e.login(t)
+	if err := e.client.Login(context.Background(), "someone@else", "wrong"); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("err = %v, want ErrUnauthorized", err)
+	}
+	e.ref.SetFault(refapi.EndpointLogin, 503, 1)
+	if err := e.client.Login(context.Background(), testEmail, testPassword); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("err = %v, want ErrUnavailable", err)
+	}
+	if u, ok := e.client.Session(); !ok || u.Email != testEmail {
+		t.Fatalf("Session = %+v, %v; want the first login's", u, ok)
+	}
+	putResource(t, e, "models", "a", "A")
+	if _, err := e.client.GetResource(context.Background(), "models", "a"); err != nil {
+		t.Fatalf("GetResource after failed logins: %v", err)
+	}
+	if n := e.calls(refapi.EndpointLogin); n != 3 {
+		t.Errorf("%d logins, want 3 (the old session's token still works)", n)
 	}
 }
