@@ -20,9 +20,7 @@ import (
 	"github.com/azaion/loader/internal/testenv"
 )
 
-// --- helpers -------------------------------------------------------------------------------
-
-// --- tests ---------------------------------------------------------------------------------
+// Tests of the CDN client against the real MinIO (helpers_test.go, faultproxy_test.go).
 
 func TestUploadDownloadRoundTrip(t *testing.T) {
 	m := testenv.MinIO(t)
