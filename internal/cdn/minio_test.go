@@ -126,13 +126,9 @@ func TestClosedPortIsUnavailable(t *testing.T) {
 	ln.Close()
 	c := newClient(t, m, addr, cdn.Options{MaxResumes: 2, Backoff: 10 * time.Millisecond})
 	ctx := t.Context()
-	start := time.Now()
 	_, dlErr := c.Download(ctx, "bucket", "object", io.Discard)
 	_, statErr := c.Stat(ctx, "bucket", "object")
 	upErr := c.Upload(ctx, "bucket", "object", strings.NewReader("data"), 4, nil)
-	if d := time.Since(start); d > 5*time.Second {
-		t.Errorf("took %v to give up on a closed port", d)
-	}
 	for name, err := range map[string]error{"Download": dlErr, "Stat": statErr, "Upload": upErr} {
 		if !errors.Is(err, cdn.ErrUnavailable) {
 			t.Errorf("%s: %v, want ErrUnavailable", name, err)
@@ -200,8 +196,8 @@ func TestResumeAfterStall(t *testing.T) {
 		t.Errorf("Download = %d, want %d", n, len(data))
 	}
 	checkSame(t, buf.Bytes(), data)
-	if elapsed < 300*time.Millisecond || elapsed > 5*time.Second {
-		t.Errorf("download with one stall took %v, want about the 300ms stall timeout", elapsed)
+	if elapsed < 300*time.Millisecond {
+		t.Errorf("download with one stall took %v, less than the 300ms stall timeout it had to wait out", elapsed)
 	}
 	reqs := rt.requests()
 	if len(reqs) < 2 { // more only if a slow machine paused a resumed attempt for 300ms as well
@@ -310,8 +306,9 @@ func TestCancel(t *testing.T) {
 		stall bool
 		opts  cdn.Options
 	}{
-		{"while-stalled", true, cdn.Options{StallTimeout: time.Minute}},
-		{"during-backoff", false, cdn.Options{Backoff: time.Minute}},
+		// A stall or a backoff that outlasts the test: Download returning at all is the cancel.
+		{"while-stalled", true, cdn.Options{StallTimeout: 24 * time.Hour}},
+		{"during-backoff", false, cdn.Options{Backoff: 24 * time.Hour}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := startProxy(t, m.Endpoint, func(int) (int64, bool) { return 512 << 10, tc.stall })
@@ -347,13 +344,8 @@ func TestCancel(t *testing.T) {
 				}
 			})
 			n, err := c.Download(ctx, bucket, "model.big", w)
-			returned := time.Now()
-			at, ok := cancelledAt()
-			if !ok {
+			if _, ok := cancelledAt(); !ok {
 				t.Fatalf("the download was not interrupted as planned (Download = %d, %v)", n, err)
-			}
-			if d := returned.Sub(at); d > 10*time.Second {
-				t.Errorf("Download returned %v after the cancel, want promptly (the %s lasts a minute)", d, tc.name)
 			}
 			if !errors.Is(err, context.Canceled) || errors.Is(err, cdn.ErrUnavailable) {
 				t.Errorf("Download: %v, want context.Canceled only", err)

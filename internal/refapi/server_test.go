@@ -508,10 +508,17 @@ func TestTokenRequired(t *testing.T) {
 }
 
 func TestExpiredTokenShortLifetime(t *testing.T) {
-	e := newEnv(t, func(c *refapi.Config) { c.TokenLifetime = time.Second })
+	var mu sync.Mutex
+	now := time.Date(2031, 5, 1, 8, 0, 0, 0, time.UTC)
+	e := newEnv(t, func(c *refapi.Config) {
+		c.TokenLifetime = time.Second
+		c.Now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	})
 	token := e.login(t, opEmail, opPassword)
 	// exp has whole seconds: the token is dead at most 2 s after issue.
-	time.Sleep(2100 * time.Millisecond)
+	mu.Lock()
+	now = now.Add(2 * time.Second)
+	mu.Unlock()
 	if r := e.do(t, http.MethodGet, "/binary-split/key-fragment", token, "", nil); r.status != 401 {
 		t.Fatalf("expired token: %d, want 401", r.status)
 	}

@@ -126,13 +126,11 @@ func TestHeaderTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now()
+	// The server never answers: an error at all can only come from the header timeout (a
+	// client without one would hang here until go test's -timeout).
 	err = c.Login(context.Background(), testEmail, testPassword)
-	if !errors.Is(err, ErrUnavailable) {
-		t.Fatalf("err = %v, want ErrUnavailable", err)
-	}
-	if d := time.Since(start); d > 3*time.Second {
-		t.Errorf("took %v, want about 300ms", d)
+	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "timeout") {
+		t.Fatalf("err = %v, want ErrUnavailable naming the timeout", err)
 	}
 }
 
@@ -150,13 +148,10 @@ func TestBodyStall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now()
+	// The body never completes: an error at all can only come from the stall timeout.
 	err = c.Login(context.Background(), testEmail, testPassword)
 	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "stalled") {
 		t.Fatalf("err = %v, want ErrUnavailable naming the stall", err)
-	}
-	if d := time.Since(start); d > 3*time.Second {
-		t.Errorf("took %v, want about 300ms", d)
 	}
 }
 
@@ -171,13 +166,9 @@ func TestContextCancel(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	start := time.Now()
 	err = c.Login(ctx, testEmail, testPassword)
 	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("err = %v, want DeadlineExceeded and ErrUnavailable", err)
-	}
-	if d := time.Since(start); d > 3*time.Second {
-		t.Errorf("took %v", d)
 	}
 }
 

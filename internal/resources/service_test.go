@@ -540,9 +540,7 @@ func TestClientGoesAway(t *testing.T) {
 	// before each count, so that only goroutines of our own count.
 	closeIdle := s.cdn.next.(interface{ CloseIdleConnections() }).CloseIdleConnections
 	halfRead() // fills the cache; warms the connection pools
-	closeIdle()
-	time.Sleep(100 * time.Millisecond) // for the closed connections' goroutines to end
-	base := runtime.NumGoroutine()
+	base := settledGoroutines(closeIdle)
 
 	halfRead() // from the cache
 	wantGoroutines(t, base, closeIdle)
@@ -593,6 +591,23 @@ func wantGoroutines(t *testing.T, base int, closeIdle func()) {
 		closeIdle()
 		return runtime.NumGoroutine() <= base
 	}, fmt.Sprintf("goroutines back to %d", base))
+}
+
+// settledGoroutines is the goroutine count once the closed connections' goroutines have
+// ended: the first count that the next five polls do not lower.
+func settledGoroutines(closeIdle func()) int {
+	closeIdle()
+	n, same := runtime.NumGoroutine(), 0
+	for same < 5 {
+		time.Sleep(10 * time.Millisecond)
+		closeIdle()
+		if m := runtime.NumGoroutine(); m < n {
+			n, same = m, 0
+		} else {
+			same++
+		}
+	}
+	return n
 }
 
 func waitFor(t *testing.T, ok func() bool, what string) {
