@@ -83,12 +83,7 @@ mkdir -p "$STATE/bin" "$STATE/minio" "$STATE/docker" "$STATE/work" "$STATE/out"
 go build -o "$STATE/bin/testprobe" ./internal/testenv/testprobe || fatal "building testprobe failed"
 go build -o "$STATE/bin/azaion-loader" ./cmd/azaion-loader || fatal "building azaion-loader failed"
 port=$("$STATE/bin/testprobe" freeport) || fatal "no free port"
-cat >"$STATE/minio/env" <<EOT
-MINIO_BIN=$TOOLS/minio
-MINIO_PORT=$port
-MINIO_ROOT_USER=azaion-bench
-MINIO_ROOT_PASSWORD=azaion-bench-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
-EOT
+scripts/parts.sh minio "$STATE" configure "$TOOLS/minio" "$port" azaion-bench || fatal "configuring minio failed"
 scripts/parts.sh docker "$STATE" start >&2 || fatal "dockerd did not start"
 scripts/parts.sh minio "$STATE" start >&2 || fatal "minio did not start"
 # shellcheck disable=SC1091

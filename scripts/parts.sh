@@ -4,6 +4,7 @@
 #
 #   parts.sh docker STATEDIR start|stop|status|pause|resume
 #   parts.sh minio  STATEDIR start|stop|status|pause|resume|kill
+#   parts.sh minio  STATEDIR configure MINIO_BIN PORT ROOT_USER   (once, before start)
 #   parts.sh swtpm  STATEDIR start|stop|status
 #   parts.sh reap-stale PREFIX        stop the parts of state dirs PREFIX* whose test run is gone
 #
@@ -12,7 +13,7 @@
 # SIGSTOP (it keeps its socket: connections are accepted by the kernel and never answered, as a
 # hung daemon's), resume sends SIGCONT and waits until it answers again. kill (MinIO) sends
 # SIGKILL, as a crash would; start brings it back. scripts/test.sh
-# prepares STATEDIR (tools in STATEDIR/bin, MinIO port and credentials in STATEDIR/minio/env) and
+# prepares STATEDIR (tools in STATEDIR/bin, MinIO's port and credentials by configure) and
 # exports
 # AZAION_TEST_DOCKER_CTL="parts.sh docker STATEDIR" and AZAION_TEST_MINIO_CTL="parts.sh minio STATEDIR"
 # (and AZAION_TEST_SWTPM_CTL="parts.sh swtpm STATEDIR"; its TPM state is kept across a restart).
@@ -179,10 +180,23 @@ docker_resume() {
 
 minio_init() {
 	M=$STATE/minio
-	[[ -r $M/env ]] || die "$M/env missing (scripts/test.sh writes it)"
+	[[ -r $M/env ]] || die "$M/env missing (parts.sh minio STATEDIR configure writes it)"
 	# shellcheck disable=SC1091
 	source "$M/env" # MINIO_BIN, MINIO_PORT, MINIO_ROOT_USER, MINIO_ROOT_PASSWORD
 	URL=http://127.0.0.1:$MINIO_PORT/minio/health/ready
+}
+
+# minio_configure BIN PORT USER: writes STATEDIR/minio/env, which every other action reads, with
+# a fresh random password (it reaches no process argument: MinIO takes it from its environment).
+minio_configure() {
+	(($# == 3)) || die "usage: parts.sh minio STATEDIR configure MINIO_BIN PORT ROOT_USER"
+	mkdir -p "$STATE/minio"
+	cat >"$STATE/minio/env" <<EOT
+MINIO_BIN=$1
+MINIO_PORT=$2
+MINIO_ROOT_USER=$3
+MINIO_ROOT_PASSWORD=$3-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
+EOT
 }
 
 minio_running() { alive "$(cat "$M/run.pid" 2>/dev/null)"; }
@@ -362,10 +376,15 @@ reap-stale)
 	reap_stale "$2"
 	;;
 docker | minio | swtpm)
-	[[ $# -eq 3 ]] || die "usage: parts.sh $1 STATEDIR start|stop|status|pause|resume"
+	[[ $# -ge 3 ]] || die "usage: parts.sh $1 STATEDIR start|stop|status|pause|resume"
 	STATE=$(cd "$2" && pwd) || die "no state dir $2"
 	case $3 in
+	configure)
+		declare -F "$1_$3" >/dev/null || die "$1 has no action $3"
+		"$1_$3" "${@:4}"
+		;;
 	start | stop | status | pause | resume | kill)
+		[[ $# -eq 3 ]] || die "usage: parts.sh $1 STATEDIR $3"
 		declare -F "$1_$3" >/dev/null || die "$1 has no action $3"
 		"$1_$3"
 		;;

@@ -195,12 +195,7 @@ echo $$ >"$STATE/owner.pid"
 mkdir -p "$STATE/bin" "$STATE/minio" "$STATE/docker" "$STATE/swtpm"
 go build -o "$STATE/bin/testprobe" ./internal/testenv/testprobe || fatal "building internal/testenv/testprobe failed"
 port=$("$STATE/bin/testprobe" freeport) || fatal "no free port"
-cat >"$STATE/minio/env" <<EOF
-MINIO_BIN=$TOOLS/minio
-MINIO_PORT=$port
-MINIO_ROOT_USER=azaion-test
-MINIO_ROOT_PASSWORD=azaion-test-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
-EOF
+"$ROOT/scripts/parts.sh" minio "$STATE" configure "$TOOLS/minio" "$port" azaion-test || fatal "configuring minio failed"
 "$ROOT/scripts/parts.sh" docker "$STATE" start || fatal "dockerd did not start"
 note "dockerd $(dockerd --version 2>/dev/null | sed 's/^Docker version //') at unix://$STATE/docker/docker.sock"
 "$ROOT/scripts/parts.sh" minio "$STATE" start || fatal "minio did not start"
