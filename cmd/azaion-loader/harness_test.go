@@ -33,6 +33,7 @@ import (
 const (
 	testEmail    = "operator@azaion.test"
 	testPassword = "Pa55-w0rd-NEVER-LOGGED"
+	testUserID   = "42" // the reference API's id of the account, what /status and logs show
 )
 
 // envOptions choose the real parts an end-to-end test needs.
@@ -84,7 +85,7 @@ func newTestEnv(t *testing.T, o envOptions) *testEnv {
 	rand.Read(e.fragment)
 	var err error
 	e.ref, err = refapi.New(refapi.Config{
-		Users:         []refapi.User{{ID: "42", Email: testEmail, Password: testPassword, Role: "CompanionPC"}},
+		Users:         []refapi.User{{ID: testUserID, Email: testEmail, Password: testPassword, Role: "CompanionPC"}},
 		DataDir:       t.TempDir(),
 		JWTSecret:     []byte("test-secret"),
 		TokenLifetime: o.tokenLifetime,
@@ -194,7 +195,7 @@ type statusBody struct {
 	Status        string `json:"status"`
 	Authenticated bool   `json:"authenticated"`
 	ModelCacheDir string `json:"modelCacheDir"`
-	Email         string `json:"email"`
+	UserID        string `json:"userId"`
 	Role          string `json:"role"`
 	Unattended    struct {
 		State         string  `json:"state"`
@@ -216,8 +217,8 @@ func (s statusBody) String() string {
 	if u.Attempts != nil {
 		n = *u.Attempts
 	}
-	return fmt.Sprintf("status=%s authenticated=%v email=%q role=%s modelCacheDir=%s unattended{state=%s attempts=%d next=%s lastError=%s}",
-		s.Status, s.Authenticated, s.Email, s.Role, s.ModelCacheDir, u.State, n, str(u.NextAttemptAt), str(u.LastError))
+	return fmt.Sprintf("status=%s authenticated=%v userId=%q role=%s modelCacheDir=%s unattended{state=%s attempts=%d next=%s lastError=%s}",
+		s.Status, s.Authenticated, s.UserID, s.Role, s.ModelCacheDir, u.State, n, str(u.NextAttemptAt), str(u.LastError))
 }
 
 func (s statusBody) attempts() int { return *s.Unattended.Attempts }
@@ -228,6 +229,7 @@ func (e *testEnv) status() statusBody {
 	if code != http.StatusOK {
 		e.t.Fatalf("/status: %d %s", code, body)
 	}
+	noSecrets(e.t, []string{string(body)}, testEmail, testPassword) // the user is named by id
 	var st statusBody
 	if err := json.Unmarshal(body, &st); err != nil {
 		e.t.Fatalf("/status body %q: %v", body, err)

@@ -33,7 +33,7 @@ func TestLoginThroughReferenceAPI(t *testing.T) {
 		t.Fatalf("login: %d %s", code, body)
 	}
 	st := e.status()
-	if !st.Authenticated || st.Email != testEmail || st.Role != "CompanionPC" {
+	if !st.Authenticated || st.UserID != testUserID || st.Role != "CompanionPC" {
 		t.Fatalf("/status after login: %+v", st)
 	}
 	// The login fetched cdn.yaml too: one login and one resources/get on the reference API.
@@ -273,9 +273,9 @@ func TestConcurrentLoginAndStatus(t *testing.T) {
 			var st statusBody
 			err = json.NewDecoder(resp.Body).Decode(&st)
 			resp.Body.Close()
-			// Either state is fine mid-flight, but a half state (authenticated without an
-			// email) is not.
-			if err != nil || (st.Authenticated && st.Email != testEmail) {
+			// Either state is fine mid-flight, but a half state (authenticated without a
+			// user) is not.
+			if err != nil || (st.Authenticated && st.UserID != testUserID) {
 				errs <- fmt.Sprintf("status %d: %+v %v", i, st, err)
 			}
 		}()
@@ -285,7 +285,7 @@ func TestConcurrentLoginAndStatus(t *testing.T) {
 	for e := range errs {
 		t.Error(e)
 	}
-	if st := e.status(); !st.Authenticated || st.Email != testEmail || st.Role != "CompanionPC" {
+	if st := e.status(); !st.Authenticated || st.UserID != testUserID || st.Role != "CompanionPC" {
 		t.Fatalf("final status %+v", st)
 	}
 }

@@ -230,7 +230,7 @@ func (a authAdapter) Session() (httpapi.Session, bool) {
 	if !ok {
 		return httpapi.Session{}, false
 	}
-	return httpapi.Session{Email: u.Email, Role: u.Role.String()}, true
+	return httpapi.Session{UserID: u.ID, Role: u.Role.String()}, true
 }
 
 func runServe(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {

@@ -26,7 +26,7 @@ type statusResponse struct {
 	Status        string           `json:"status"`
 	Authenticated bool             `json:"authenticated"`
 	ModelCacheDir string           `json:"modelCacheDir"`
-	Email         string           `json:"email,omitempty"`
+	UserID        string           `json:"userId,omitempty"`
 	Role          string           `json:"role,omitempty"`
 	Unattended    unattendedStatus `json:"unattended"`
 }
@@ -43,7 +43,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) error {
 	resp := statusResponse{Status: "healthy", ModelCacheDir: s.modelCacheDir}
 	if sess, ok := s.auth.Session(); ok {
 		resp.Authenticated = true
-		resp.Email, resp.Role = sess.Email, sess.Role
+		resp.UserID, resp.Role = sess.UserID, sess.Role
 	}
 	resp.Unattended.State = unattended.StateOff
 	if s.unattend != nil {

@@ -33,10 +33,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Session is who the loader is logged in as.
+// Session is who the loader is logged in as. It names the user by id, never by email: the email
+// is a credential (SPEC §7) and /status is readable by any client on the device.
 type Session struct {
-	Email string
-	Role  string
+	UserID string
+	Role   string
 }
 
 // Auth logs the loader in to the Resource API and tells who it is logged in as.

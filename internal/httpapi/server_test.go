@@ -111,9 +111,9 @@ func TestStatus(t *testing.T) {
 	wantJSON(t, e.do(t, "GET", "/status", "", nil), 200,
 		`{"status":"healthy","authenticated":false,"modelCacheDir":"/var/cache/models",`+unattendedOff+`}`)
 
-	e.auth.session = &httpapi.Session{Email: "op@example.com", Role: "CompanionPC"}
+	e.auth.session = &httpapi.Session{UserID: "42", Role: "CompanionPC"}
 	wantJSON(t, e.do(t, "GET", "/status", "", nil), 200,
-		`{"status":"healthy","authenticated":true,"modelCacheDir":"/var/cache/models","email":"op@example.com","role":"CompanionPC",`+unattendedOff+`}`)
+		`{"status":"healthy","authenticated":true,"modelCacheDir":"/var/cache/models","userId":"42","role":"CompanionPC",`+unattendedOff+`}`)
 }
 
 func TestLogin(t *testing.T) {
