@@ -26,6 +26,7 @@ import (
 type loginGate struct {
 	entered chan struct{} // one value per login that reached the API
 	release chan struct{}
+	opened  sync.Once
 
 	mu            sync.Mutex
 	now, max, all int
@@ -56,13 +57,7 @@ func (g *loginGate) serve(w http.ResponseWriter, r *http.Request, ref http.Handl
 	g.mu.Unlock()
 }
 
-var openOnce sync.Map
-
-func (g *loginGate) open() {
-	if _, done := openOnce.LoadOrStore(g, true); !done {
-		close(g.release)
-	}
-}
+func (g *loginGate) open() { g.opened.Do(func() { close(g.release) }) }
 
 func (g *loginGate) counts() (all, maxAtOnce int) {
 	g.mu.Lock()
