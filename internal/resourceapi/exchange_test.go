@@ -117,56 +117,54 @@ func TestRetryAfterRefusal(t *testing.T) {
 	})
 }
 
-func TestHeaderTimeout(t *testing.T) {
+// hungClient is a client of a server that writes what begin writes (nothing if begin is nil)
+// and then never finishes its answer, until the test ends.
+func hungClient(t *testing.T, opts Options, begin func(w http.ResponseWriter)) *Client {
+	t.Helper()
 	block := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-block }))
-	defer srv.Close()
-	defer close(block)
-	c, err := New(srv.URL, testHardware, Options{HeaderTimeout: 300 * time.Millisecond})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if begin != nil {
+			begin(w)
+		}
+		<-block
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(block) }) // first: Close waits for the handler
+	c, err := New(srv.URL, testHardware, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return c
+}
+
+func TestHeaderTimeout(t *testing.T) {
+	c := hungClient(t, Options{HeaderTimeout: 300 * time.Millisecond}, nil)
 	// The server never answers: an error at all can only come from the header timeout (a
 	// client without one would hang here until go test's -timeout).
-	err = c.Login(context.Background(), testEmail, testPassword)
+	err := c.Login(context.Background(), testEmail, testPassword)
 	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "timeout") {
 		t.Fatalf("err = %v, want ErrUnavailable naming the timeout", err)
 	}
 }
 
 func TestBodyStall(t *testing.T) {
-	block := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	c := hungClient(t, Options{HeaderTimeout: 300 * time.Millisecond}, func(w http.ResponseWriter) {
 		w.Header().Set("Content-Length", "100")
 		w.Write([]byte(`{"token":`))
 		w.(http.Flusher).Flush()
-		<-block
-	}))
-	defer srv.Close()
-	defer close(block)
-	c, err := New(srv.URL, testHardware, Options{HeaderTimeout: 300 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
+	})
 	// The body never completes: an error at all can only come from the stall timeout.
-	err = c.Login(context.Background(), testEmail, testPassword)
+	err := c.Login(context.Background(), testEmail, testPassword)
 	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "stalled") {
 		t.Fatalf("err = %v, want ErrUnavailable naming the stall", err)
 	}
 }
 
 func TestContextCancel(t *testing.T) {
-	block := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-block }))
-	defer srv.Close()
-	defer close(block)
-	c, err := New(srv.URL, testHardware, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := hungClient(t, Options{}, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	err = c.Login(ctx, testEmail, testPassword)
+	err := c.Login(ctx, testEmail, testPassword)
 	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("err = %v, want DeadlineExceeded and ErrUnavailable", err)
 	}
