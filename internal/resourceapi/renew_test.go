@@ -64,7 +64,7 @@ func (e *env) token() string {
 }
 
 // refusedWith reports whether the reference API refuses token now (it checks expiry on the
-// shared clock). The probe goes past the counters' endpoint: it asks GET /resources/list/.
+// shared clock). The probe asks for the key fragment, whose calls the renewal tests do not count.
 func (e *env) refusedWith(token string) bool {
 	req, _ := http.NewRequest(http.MethodGet, e.srv.URL+"/binary-split/key-fragment", nil)
 	req.Header.Set("Authorization", "Bearer "+token)
