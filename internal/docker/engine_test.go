@@ -20,9 +20,9 @@ import (
 	"github.com/azaion/loader/internal/testenv"
 )
 
-func newEngine(t *testing.T, host string) *docker.Engine {
+func newEngine(t *testing.T, host string, opts ...docker.Option) *docker.Engine {
 	t.Helper()
-	e, err := docker.New(host)
+	e, err := docker.New(host, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

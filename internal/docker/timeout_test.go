@@ -55,16 +55,6 @@ func silentDaemon(t *testing.T) string {
 	return "unix://" + sock
 }
 
-func timedEngine(t *testing.T, host string, d time.Duration) *docker.Engine {
-	t.Helper()
-	e, err := docker.New(host, docker.WithTimeout(d))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close() })
-	return e
-}
-
 // checkNotAnswering wants the error of a call the daemon at host did not answer within d.
 func checkNotAnswering(t *testing.T, what string, err error, host string) {
 	t.Helper()
@@ -78,7 +68,7 @@ func checkNotAnswering(t *testing.T, what string, err error, host string) {
 
 func TestSilentDaemon(t *testing.T) {
 	host := silentDaemon(t)
-	e := timedEngine(t, host, time.Second)
+	e := newEngine(t, host, docker.WithTimeout(time.Second))
 	ctx := testContext(t) // minutes: only the Engine's own timeout can end these calls in time
 	checkNotAnswering(t, "Ping", e.Ping(ctx), host)
 	_, err := e.ImageExists(ctx, "azaion/flights:latest")
@@ -87,15 +77,11 @@ func TestSilentDaemon(t *testing.T) {
 }
 
 func TestDefaultTimeout(t *testing.T) {
-	e, err := docker.New("unix:///nowhere.sock")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
+	e := newEngine(t, "unix:///nowhere.sock")
 	if e.Timeout() != docker.DefaultTimeout || docker.DefaultTimeout != 60*time.Second {
 		t.Errorf("timeout %v, want SPEC §10's 60s", e.Timeout())
 	}
-	e2 := timedEngine(t, "unix:///nowhere.sock", -time.Second)
+	e2 := newEngine(t, "unix:///nowhere.sock", docker.WithTimeout(-time.Second))
 	if e2.Timeout() != docker.DefaultTimeout {
 		t.Errorf("WithTimeout(-1s) gave %v, want the default", e2.Timeout())
 	}
@@ -154,7 +140,7 @@ func TestLoadImagesSlowButMoving(t *testing.T) {
 	})
 	const size = 2 << 20 // 16 reads, 15 pauses: the reading alone takes several timeouts
 	start := time.Now()
-	if err := timedEngine(t, host, timeout).LoadImages(testContext(t), bytes.NewReader(make([]byte, size))); err != nil {
+	if err := newEngine(t, host, docker.WithTimeout(timeout)).LoadImages(testContext(t), bytes.NewReader(make([]byte, size))); err != nil {
 		t.Fatalf("a slow load that keeps moving failed: %v", err)
 	}
 	if got != size {
@@ -189,7 +175,7 @@ func TestLoadImagesStalls(t *testing.T) {
 			host := fakeDaemon(t, func(w http.ResponseWriter, r *http.Request) { c.load(w, r, stop) })
 			t.Cleanup(func() { close(stop) }) // before the server's Close, which waits for handlers
 			fake := strings.TrimPrefix(host, "tcp://")
-			err := timedEngine(t, host, time.Second).LoadImages(testContext(t), bytes.NewReader(make([]byte, 1<<20)))
+			err := newEngine(t, host, docker.WithTimeout(time.Second)).LoadImages(testContext(t), bytes.NewReader(make([]byte, 1<<20)))
 			if !errors.Is(err, docker.ErrNotAnswering) || !strings.Contains(err.Error(), fake+" not answering within 1s") {
 				t.Fatalf("got %v, want the daemon not answering within 1s", err)
 			}
