@@ -235,20 +235,3 @@ func runConcurrently(t *testing.T, n int, f func() error) {
 		}
 	}
 }
-
-// doneWatcher is a context that is never cancelled and closes watched the first time its Done
-// channel is asked for: a caller blocks on ctx.Done only when it has nothing else to do but wait.
-type doneWatcher struct {
-	context.Context
-	once    sync.Once
-	watched chan struct{}
-}
-
-func newDoneWatcher() *doneWatcher {
-	return &doneWatcher{Context: context.Background(), watched: make(chan struct{})}
-}
-
-func (w *doneWatcher) Done() <-chan struct{} {
-	w.once.Do(func() { close(w.watched) })
-	return w.Context.Done()
-}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/azaion/loader/internal/refapi"
 	"github.com/azaion/loader/internal/security"
+	"github.com/azaion/loader/internal/testenv"
 )
 
 // loginGate holds every POST /login in front of the reference API until released, and records
@@ -67,11 +68,11 @@ func (g *loginGate) counts() (all, maxAtOnce int) {
 
 // waitWatched waits until every watcher's caller blocks on its context: it is waiting for
 // something, not talking to the API.
-func waitWatched(t *testing.T, ws []*doneWatcher) {
+func waitWatched(t *testing.T, ws []*testenv.WatchedContext) {
 	t.Helper()
 	for _, w := range ws {
 		select {
-		case <-w.watched:
+		case <-w.Watched():
 		case <-time.After(30 * time.Second):
 			t.Fatal("a caller never waited")
 		}
@@ -93,9 +94,9 @@ func TestConcurrentLoginsShareOne(t *testing.T) {
 			errs := make(chan error, 20)
 			go func() { errs <- e.client.Login(context.Background(), testEmail, c.password) }()
 			<-g.entered // the first login is at the API and held there
-			var ws []*doneWatcher
+			var ws []*testenv.WatchedContext
 			for range 19 {
-				w := newDoneWatcher()
+				w := testenv.NewWatchedContext()
 				ws = append(ws, w)
 				go func() { errs <- e.client.Login(w, testEmail, c.password) }()
 			}
@@ -119,10 +120,10 @@ func TestLoginsWithOtherCredentialsWait(t *testing.T) {
 	first := make(chan error, 1)
 	go func() { first <- e.client.Login(context.Background(), testEmail, "wrong-password") }()
 	<-g.entered
-	w := newDoneWatcher()
+	w := testenv.NewWatchedContext()
 	second := make(chan error, 1)
 	go func() { second <- e.client.Login(w, testEmail, testPassword) }()
-	waitWatched(t, []*doneWatcher{w})
+	waitWatched(t, []*testenv.WatchedContext{w})
 	if all, _ := g.counts(); all != 1 {
 		t.Fatalf("%d logins at the API while the first is in flight, want 1", all)
 	}
@@ -151,13 +152,13 @@ func TestRenewalWaitsForLogin(t *testing.T) {
 	// The call finds the token expired and waits for its re-login, started while the Login is
 	// held. Had the re-login not waited, it would be at the API now, or would log in after the
 	// Login: either shows in the counts below.
-	w := newDoneWatcher()
+	w := testenv.NewWatchedContext()
 	call := make(chan error, 1)
 	go func() {
 		_, err := e.client.KeyFragment(w)
 		call <- err
 	}()
-	waitWatched(t, []*doneWatcher{w})
+	waitWatched(t, []*testenv.WatchedContext{w})
 	g.open()
 	if err := <-login; err != nil {
 		t.Fatal(err)
@@ -178,10 +179,10 @@ func TestAbandonedLoginIsNotShared(t *testing.T) {
 	first := make(chan error, 1)
 	go func() { first <- e.client.Login(ctx, testEmail, testPassword) }()
 	<-g.entered
-	w := newDoneWatcher()
+	w := testenv.NewWatchedContext()
 	second := make(chan error, 1)
 	go func() { second <- e.client.Login(w, testEmail, testPassword) }()
-	waitWatched(t, []*doneWatcher{w})
+	waitWatched(t, []*testenv.WatchedContext{w})
 	cancel()
 	if err := <-first; !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled Login: %v", err)

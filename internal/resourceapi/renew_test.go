@@ -12,6 +12,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/azaion/loader/internal/refapi"
+	"github.com/azaion/loader/internal/testenv"
 )
 
 // TestRenewBeforeExpiry: the client logs in again a minute (RenewBefore) before its token
@@ -208,14 +209,14 @@ func TestRenewalSurvivesCallerCancel(t *testing.T) {
 		t.Fatalf("the first caller returned before logging in again: %v", err)
 	}
 
-	waiting := newDoneWatcher()
+	waiting := testenv.NewWatchedContext()
 	second := make(chan error, 1)
 	go func() {
 		_, err := e.client.KeyFragment(waiting)
 		second <- err
 	}()
 	select {
-	case <-waiting.watched: // the second caller is waiting on something it could give up on
+	case <-waiting.Watched(): // the second caller is waiting on something it could give up on
 	case err := <-second:
 		t.Fatalf("the second caller returned while the re-login was held: %v", err)
 	}

@@ -14,34 +14,9 @@ import (
 
 	"github.com/azaion/loader/internal/config"
 	"github.com/azaion/loader/internal/docker"
+	"github.com/azaion/loader/internal/testenv"
 	"github.com/azaion/loader/internal/unlock"
 )
-
-// watchedCtx is a context that is never cancelled and closes watched the first time its Done
-// channel is asked for: a caller asks for it only when it is about to wait.
-type watchedCtx struct {
-	context.Context
-	once    sync.Once
-	watched chan struct{}
-}
-
-func newWatchedCtx() *watchedCtx {
-	return &watchedCtx{Context: context.Background(), watched: make(chan struct{})}
-}
-
-func (w *watchedCtx) Done() <-chan struct{} {
-	w.once.Do(func() { close(w.watched) })
-	return w.Context.Done()
-}
-
-func (w *watchedCtx) waited() bool {
-	select {
-	case <-w.watched:
-		return true
-	default:
-		return false
-	}
-}
 
 var errNotAnswering = fmt.Errorf("%w: docker daemon unix:///run/hung.sock not answering within 1s (inspect image x)", docker.ErrNotAnswering)
 
@@ -61,11 +36,11 @@ func TestUnlockHungDocker(t *testing.T) {
 	if got := u.Status(); got.State != unlock.StateAuthenticating {
 		t.Errorf("status %+v, want the run shown as authenticating", got)
 	}
-	w := newWatchedCtx()
+	w := testenv.NewWatchedContext()
 	if st, err := u.Start(w, testEmail, testPassword); err != nil || st != unlock.StateAuthenticating {
 		t.Errorf("second Start = %q, %v; want the run's state", st, err)
 	}
-	if w.waited() {
+	if w.Waited() {
 		t.Error("the second Start waited for something: it must answer the run's state at once")
 	}
 
