@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"sync/atomic"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -122,12 +121,12 @@ func (e *Engine) ImageExists(ctx context.Context, ref string) (bool, error) {
 func (e *Engine) LoadImages(ctx context.Context, r io.Reader) (err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	wd := newWatchdog(e.timeout, func() { cancel(errNoAnswer) })
-	defer wd.stop()
+	wd := streams.NewWatchdog(e.timeout, func() { cancel(errNoAnswer) })
+	defer wd.Stop()
 	// The HTTP transport gets r for the duration of this call only (src is detached on the way
 	// out); every read that returned bytes (the daemon took them) is progress, and the first
 	// error r gave is the one to return.
-	rec := streams.RecordErr(streams.OnRead(r, wd.progressed))
+	rec := streams.RecordErr(streams.OnRead(r, wd.Progress))
 	src := streams.NewDetachable(rec)
 	defer func() {
 		src.Detach()
@@ -142,7 +141,7 @@ func (e *Engine) LoadImages(ctx context.Context, r io.Reader) (err error) {
 	}
 	defer res.Close()
 
-	rejected, err := readMessages(streams.OnRead(res, wd.progressed))
+	rejected, err := readMessages(streams.OnRead(res, wd.Progress))
 	if err != nil {
 		if context.Cause(ctx) == errNoAnswer {
 			return e.notAnswering("load images")
@@ -260,43 +259,4 @@ func seconds(d time.Duration) string {
 		return fmt.Sprintf("%ds", d/time.Second)
 	}
 	return d.String()
-}
-
-// watchdog calls fire once no progress has been reported for timeout. progress is cheap and
-// safe from any goroutine; only the timer's own function re-arms it.
-type watchdog struct {
-	timeout time.Duration
-	fire    func()
-	last    atomic.Int64 // UnixNano of the last progress
-	done    atomic.Bool
-	t       *time.Timer
-}
-
-func newWatchdog(timeout time.Duration, fire func()) *watchdog {
-	w := &watchdog{timeout: timeout, fire: fire}
-	w.progress()
-	w.t = time.AfterFunc(timeout, w.check)
-	return w
-}
-
-func (w *watchdog) progress() { w.last.Store(time.Now().UnixNano()) }
-
-// progressed is progress for a read of n bytes (streams.OnRead).
-func (w *watchdog) progressed(int) { w.progress() }
-
-func (w *watchdog) check() {
-	if w.done.Load() {
-		return
-	}
-	idle := time.Since(time.Unix(0, w.last.Load()))
-	if idle >= w.timeout {
-		w.fire()
-		return
-	}
-	w.t.Reset(w.timeout - idle)
-}
-
-func (w *watchdog) stop() {
-	w.done.Store(true)
-	w.t.Stop()
 }

@@ -13,7 +13,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -151,17 +150,12 @@ func (c *Client) readBody(resp *http.Response, limit int64, cancel context.Cance
 	if resp.ContentLength > limit {
 		return nil, fmt.Errorf("%w: the answer of %d bytes is larger than %d bytes", ErrUnavailable, resp.ContentLength, limit)
 	}
-	var stalled atomic.Bool
-	timer := time.AfterFunc(c.headerTimeout, func() {
-		stalled.Store(true)
-		cancel()
-	})
-	defer timer.Stop()
+	wd := streams.NewWatchdog(c.headerTimeout, cancel)
+	defer wd.Stop()
 	// Whenever bytes arrive, the pause starts again.
-	body := streams.OnRead(io.LimitReader(resp.Body, limit+1), func(int) { timer.Reset(c.headerTimeout) })
-	data, err := io.ReadAll(body)
+	data, err := io.ReadAll(streams.OnRead(io.LimitReader(resp.Body, limit+1), wd.Progress))
 	switch {
-	case stalled.Load():
+	case wd.Fired():
 		return data, fmt.Errorf("%w: the answer stalled for %s", ErrUnavailable, c.headerTimeout)
 	case err != nil:
 		return data, fmt.Errorf("%w: reading the answer: %w", ErrUnavailable, err)
