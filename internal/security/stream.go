@@ -208,12 +208,7 @@ func NewDecrypter(r io.Reader, key []byte) io.Reader {
 
 // newDecrypter is NewDecrypter with the parallelism of cbcPool given, for tests.
 func newDecrypter(r io.Reader, key []byte, workers, minPart int) *decrypter {
-	return newKernelDecrypter(r, key, true, workers, minPart)
-}
-
-// newKernelDecrypter is newDecrypter with the assembly kernel allowed or not, for tests.
-func newKernelDecrypter(r io.Reader, key []byte, useAsm bool, workers, minPart int) *decrypter {
-	kernel, err := newKernel(key, useAsm)
+	kernel, err := newKernel(key, true)
 	if err != nil {
 		return &decrypter{err: err}
 	}
