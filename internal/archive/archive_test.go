@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"runtime"
 	"slices"
@@ -138,21 +139,8 @@ func TestVerifyTruncated(t *testing.T) {
 func TestVerifyNotDockerSave(t *testing.T) {
 	good := ociArchive(t, []ociImage{{tags: []string{"a:1"}, layers: [][]byte{layerTar(t, 100)}}}, false)
 	withExtra := func(extra tarFile) []byte {
-		// The good archive's entries, then one more: re-read and re-write it.
-		var files []tarFile
-		tr := tar.NewReader(bytes.NewReader(good))
-		for {
-			h, err := tr.Next()
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			data, _ := io.ReadAll(tr)
-			files = append(files, tarFile{name: h.Name, typ: h.Typeflag, link: h.Linkname, data: data})
-		}
-		return buildTar(t, append(files, extra))
+		// The good archive's entries, then one more.
+		return buildTar(t, append(tarFiles(t, good), extra))
 	}
 	for _, c := range []struct {
 		name  string
@@ -237,31 +225,17 @@ func TestVerifyDisagreements(t *testing.T) {
 	other := ociArchive(t, []ociImage{{tags: []string{"a:1"}, layers: [][]byte{l2}}}, false)
 	entries := func(b []byte) map[string]tarFile {
 		m := make(map[string]tarFile)
-		tr := tar.NewReader(bytes.NewReader(b))
-		for {
-			h, err := tr.Next()
-			if err == io.EOF {
-				return m
-			}
-			data, _ := io.ReadAll(tr)
-			m[h.Name] = tarFile{name: h.Name, typ: h.Typeflag, data: data}
+		for _, f := range tarFiles(t, b) {
+			m[f.name] = f
 		}
+		return m
 	}
 	g, o := entries(good), entries(other)
 	rebuild := func(change func(m map[string]tarFile)) []byte {
-		m := make(map[string]tarFile)
-		for k, v := range g {
-			m[k] = v
-		}
+		m := maps.Clone(g)
 		change(m)
 		var files []tarFile
-		for _, k := range slices.Sorted(func(yield func(string) bool) {
-			for k := range m {
-				if !yield(k) {
-					return
-				}
-			}
-		}) {
+		for _, k := range slices.Sorted(maps.Keys(m)) {
 			files = append(files, m[k])
 		}
 		return buildTar(t, files)

@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -55,6 +56,27 @@ func buildTar(t testing.TB, files []tarFile) []byte {
 		t.Fatal(err)
 	}
 	return buf.Bytes()
+}
+
+// tarFiles reads the entries of the tar b back, for tests that rebuild it with a change.
+func tarFiles(t testing.TB, b []byte) []tarFile {
+	t.Helper()
+	var files []tarFile
+	tr := tar.NewReader(bytes.NewReader(b))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return files
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, tarFile{name: h.Name, typ: h.Typeflag, link: h.Linkname, data: data})
+	}
 }
 
 // layerTar is a small layer: a tar of one file of n random bytes.
