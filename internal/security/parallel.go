@@ -41,7 +41,6 @@ const maxPieces = 64
 // of decrypt, so nothing outlives the Read that calls it and nothing needs stopping.
 // Everything is allocated up front: a call allocates nothing.
 type cbcPool struct {
-	kernel  *cbcKernel
 	minPart int // minPart but in tests, which cut small inputs into many pieces
 	wg      sync.WaitGroup
 	workers []cbcWorker
@@ -63,7 +62,7 @@ type cbcWorker struct {
 }
 
 func newCBCPool(kernel *cbcKernel, workers, minPart int) *cbcPool {
-	p := &cbcPool{kernel: kernel, minPart: max(minPart, BlockSize), workers: make([]cbcWorker, max(workers, 1))}
+	p := &cbcPool{minPart: max(minPart, BlockSize), workers: make([]cbcWorker, max(workers, 1))}
 	for i := range p.workers {
 		w := &p.workers[i]
 		w.dec = kernel.decrypter()
