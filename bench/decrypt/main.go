@@ -14,7 +14,8 @@
 //   - all cores: the same with GOMAXPROCS at the number of CPUs.
 //
 // It prints one Markdown section (bench contract: figure, baseline, ratio, machine). It needs
-// openssl on PATH and -size of disk (default: a temp dir, removed at the end).
+// openssl on PATH and -size of disk in a temp dir under -dir (default: $AZAION_BENCH_DIR, which
+// scripts/bench.sh sets, else the system's temp dir), removed at the end.
 package main
 
 import (
@@ -61,7 +62,7 @@ func run() error {
 	sizeFlag := flag.String("size", "1GiB", "size of the archive decrypted from a file")
 	runs := flag.Int("runs", 3, "measurements of each figure (ours and the baseline alternate); the best counts")
 	seconds := flag.Int("seconds", 1, "seconds per in-cache measurement (openssl speed -seconds)")
-	workDir := flag.String("dir", "", "directory for the archive (default: a new temp dir, removed at the end)")
+	workDir := flag.String("dir", os.Getenv("AZAION_BENCH_DIR"), "directory under which the archive goes (default: the system's temp dir)")
 	flag.Parse()
 	size, err := bytesize.Parse(*sizeFlag)
 	if err != nil {
@@ -74,13 +75,11 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	dir := *workDir
-	if dir == "" {
-		if dir, err = os.MkdirTemp("", "azaion-bench-decrypt-*"); err != nil {
-			return err
-		}
-		defer os.RemoveAll(dir)
+	dir, err := os.MkdirTemp(*workDir, "azaion-bench-decrypt-*")
+	if err != nil {
+		return err
 	}
+	defer os.RemoveAll(dir)
 	loadBefore := report.LoadAverage()
 	osslVersion, _ := exec.Command(openssl, "version").Output()
 
