@@ -166,20 +166,16 @@ func SumHex(b []byte) string {
 
 // readRecord reads a pairing record; nil when there is none or it is unreadable (including the
 // older "SMALLSHA SIZE" form, which has no SHA-256 of the part and so cannot be trusted).
-func readRecord(path string) (*Record, os.FileInfo) {
+func readRecord(path string) *Record {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, nil
+		return nil
 	}
 	var r Record
 	if json.Unmarshal(b, &r) != nil || r.Small == "" || r.SHA256 == "" {
-		return nil, nil
+		return nil
 	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, nil
-	}
-	return &r, fi
+	return &r
 }
 
 // fileID identifies a file's content as far as the file system tells: a part verified once
@@ -252,7 +248,7 @@ func (c *Cache) Open(folder, name string) (*Part, error) {
 		f.Close()
 		return nil, fmt.Errorf("cached big part of %s: not a regular file", k)
 	}
-	rec, _ := readRecord(c.pairPath(k))
+	rec := readRecord(c.pairPath(k))
 	now := c.now()
 	if rec != nil {
 		// The record's modification time is when the part was last used, across restarts.

@@ -158,8 +158,12 @@ func (c *Cache) entry(folder string, f os.DirEntry, active map[Key]bool) (Entry,
 	case !strings.HasPrefix(name, ".") && strings.HasSuffix(name, ".big"):
 		st := strings.TrimSuffix(name, ".big")
 		e := Entry{Key: Key{folder, st}, Bytes: fi.Size(), Size: fi.Size(), State: StateCached, LastUsed: fi.ModTime()}
-		if rec, rfi := readRecord(filepath.Join(c.dir, folder, "."+st+".big.pair")); rec != nil && stem(rec.Name) == st {
-			e.Name, e.Paired, e.LastUsed = rec.Name, rec.Size == fi.Size(), rfi.ModTime()
+		// The record's modification time is the part's last use (Open sets it).
+		pair := filepath.Join(c.dir, folder, "."+st+".big.pair")
+		if rec := readRecord(pair); rec != nil && stem(rec.Name) == st {
+			if rfi, err := os.Stat(pair); err == nil {
+				e.Name, e.Paired, e.LastUsed = rec.Name, rec.Size == fi.Size(), rfi.ModTime()
+			}
 		}
 		return e, true
 	case strings.HasPrefix(name, ".") && strings.HasSuffix(name, ".big.partial"):
