@@ -173,12 +173,10 @@ func (s *Service) download(ctx context.Context, fl *flight, n need) error {
 	if err != nil {
 		return noSpace(err)
 	}
-	keep, committed := true, false
-	defer func() {
-		if !committed {
-			p.Close(keep)
-		}
-	}()
+	// After a Commit that got as far as finishing the partial, this Close does nothing; a
+	// Commit that failed before (a short download, an fsync that failed) leaves it to Close.
+	keep := true
+	defer func() { p.Close(keep) }()
 	w := &throttled{ctx: ctx, s: s, fl: fl, w: p}
 	for restarted := false; ; restarted = true {
 		if err := p.Begin(obj.Size, obj.ETag); err != nil {
@@ -219,7 +217,6 @@ func (s *Service) download(ctx context.Context, fl *flight, n need) error {
 		}
 		break
 	}
-	committed = true
 	if err := p.Commit(n.sum); err != nil {
 		return noSpace(err)
 	}

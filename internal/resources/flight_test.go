@@ -266,3 +266,34 @@ func TestCompletePartial(t *testing.T) {
 		t.Errorf("%d downloads of a part that was all on disk", n)
 	}
 }
+
+// shortStore is memStore behind a CDN whose Stat, while short is set, says each object has one
+// byte more than any download of it delivers.
+type shortStore struct {
+	*memStore
+	short bool
+}
+
+func (s *shortStore) Stat(ctx context.Context, bucket, object string) (cdn.Object, error) {
+	obj, err := s.memStore.Stat(ctx, bucket, object)
+	if s.short {
+		obj.Size++
+	}
+	return obj, err
+}
+
+// TestFailedCommitReleasesThePart: a download that cannot be committed (fewer bytes than the
+// object's size) fails its /load, and does not keep the part for itself: once the CDN is
+// right again, the next /load downloads and serves it.
+func TestFailedCommitReleasesThePart(t *testing.T) {
+	w := newMemWorld(t, "m")
+	st := &shortStore{memStore: w.store, short: true}
+	s := w.service(t, t.TempDir(), func(o *resources.Options) {
+		o.NewStore = func(cdn.Config) (resources.Store, error) { return st, nil }
+	})
+	if _, err := s.Open(t.Context(), "models", "m"); err == nil {
+		t.Fatal("Open succeeded although the download was a byte short of the object")
+	}
+	st.short = false
+	wantSame(t, "after the failed commit", readResource(t, s, "models", "m", "m", nil), w.data["m"])
+}
