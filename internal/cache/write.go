@@ -21,15 +21,53 @@ type partialMeta struct {
 	Durable int64  `json:"durable"`
 }
 
+// file is a big part being written into the cache, by a download (Partial) or an upload
+// (Temp). Its bytes are hashed as they are written, so the pairing record's SHA-256 costs no
+// second read of the part.
+type file struct {
+	c *Cache
+	k Key
+	f *os.File
+	n int64     // bytes in the file: where the next write goes
+	h hash.Hash // SHA-256 of the file's first n bytes
+}
+
+// write appends to the file. A full disk is a *SpaceError (ErrNoSpace).
+func (w *file) write(b []byte) (int, error) {
+	n, err := w.f.Write(b)
+	w.h.Write(b[:n])
+	w.n += int64(n)
+	if err != nil {
+		return n, w.c.diskError(w.k, "cache file", w.n, err)
+	}
+	return n, nil
+}
+
+// flush makes what was written durable. A full disk (delayed allocation) is a *SpaceError.
+func (w *file) flush() error {
+	if err := w.f.Sync(); err != nil {
+		return w.c.diskError(w.k, "cache file", w.n, err)
+	}
+	return nil
+}
+
+// seal flushes and closes the file and returns its pairing record with the small part whose
+// SHA-256 (hex) is smallSum, for Cache.commit.
+func (w *file) seal(smallSum string) (Record, error) {
+	if err := w.flush(); err != nil {
+		return Record{}, err
+	}
+	if err := w.f.Close(); err != nil {
+		return Record{}, w.c.diskError(w.k, "cache file", w.n, err)
+	}
+	return Record{Name: w.k.Name, Small: smallSum, Size: w.n, SHA256: hex.EncodeToString(w.h.Sum(nil))}, nil
+}
+
 // Partial is a big part being downloaded into the cache, resumable across restarts. Only one
 // Partial of a part exists at a time in a process (the caller shares one download per part).
 type Partial struct {
-	c    *Cache
-	k    Key
-	f    *os.File
+	file
 	meta partialMeta
-	n    int64     // bytes in the file: where the next write goes
-	h    hash.Hash // SHA-256 of the file's first n bytes
 	done bool
 }
 
@@ -64,7 +102,7 @@ func (c *Cache) openPartial(k Key) (*Partial, error) {
 	if err != nil {
 		return nil, c.diskError(k, "cache file", 0, err)
 	}
-	p := &Partial{c: c, k: k, f: f, h: sha256.New(), meta: partialMeta{Name: k.Name}}
+	p := &Partial{file: file{c: c, k: k, f: f, h: sha256.New()}, meta: partialMeta{Name: k.Name}}
 	if b, err := os.ReadFile(c.metaPath(k)); err == nil {
 		var m partialMeta
 		if json.Unmarshal(b, &m) == nil && m.Name == k.Name && m.Durable >= 0 && m.Size >= m.Durable {
@@ -148,11 +186,9 @@ func (p *Partial) truncate() error {
 // Write appends to the partial; every SyncEvery bytes it fsyncs them and counts them durable.
 // A full disk is a *SpaceError (ErrNoSpace).
 func (p *Partial) Write(b []byte) (int, error) {
-	n, err := p.f.Write(b)
-	p.h.Write(b[:n])
-	p.n += int64(n)
+	n, err := p.write(b)
 	if err != nil {
-		return n, p.c.diskError(p.k, "cache file", p.n, err)
+		return n, err
 	}
 	if p.n-p.meta.Durable >= p.c.syncEvery {
 		if err := p.sync(); err != nil {
@@ -164,8 +200,8 @@ func (p *Partial) Write(b []byte) (int, error) {
 
 // sync makes every byte written so far durable, then says so in the sidecar.
 func (p *Partial) sync() error {
-	if err := p.f.Sync(); err != nil {
-		return p.c.diskError(p.k, "cache file", p.n, err)
+	if err := p.flush(); err != nil {
+		return err
 	}
 	p.meta.Durable = p.n
 	return p.writeMeta()
@@ -185,14 +221,11 @@ func (p *Partial) Commit(smallSum string) error {
 	if p.n != p.meta.Size {
 		return fmt.Errorf("cache: commit %s: %d of %d bytes", p.k, p.n, p.meta.Size)
 	}
-	if err := p.f.Sync(); err != nil {
-		return p.c.diskError(p.k, "cache file", p.n, err)
+	rec, err := p.seal(smallSum)
+	if err != nil {
+		return err
 	}
-	if err := p.f.Close(); err != nil {
-		return p.c.diskError(p.k, "cache file", p.n, err)
-	}
-	rec := Record{Name: p.k.Name, Small: smallSum, Size: p.n, SHA256: hex.EncodeToString(p.h.Sum(nil))}
-	err := p.c.commit(p.k, p.f.Name(), rec)
+	err = p.c.commit(p.k, p.f.Name(), rec)
 	os.Remove(p.c.metaPath(p.k))
 	p.finish()
 	return err
@@ -226,13 +259,7 @@ func (p *Partial) finish() {
 
 // Temp is an upload's big part being written to the cache. It is not visible in the cache
 // until Commit.
-type Temp struct {
-	c *Cache
-	k Key
-	f *os.File
-	n int64
-	h hash.Hash
-}
+type Temp struct{ file }
 
 // NewTemp starts writing the big part of folder/name.
 func (c *Cache) NewTemp(folder, name string) (*Temp, error) {
@@ -244,27 +271,14 @@ func (c *Cache) NewTemp(folder, name string) (*Temp, error) {
 	if err != nil {
 		return nil, c.diskError(k, "cache file", 0, err)
 	}
-	return &Temp{c: c, k: k, f: f, h: sha256.New()}, nil
+	return &Temp{file{c: c, k: k, f: f, h: sha256.New()}}, nil
 }
 
 // Write appends to the temp file. A full disk is a *SpaceError (ErrNoSpace).
-func (t *Temp) Write(b []byte) (int, error) {
-	n, err := t.f.Write(b)
-	t.h.Write(b[:n])
-	t.n += int64(n)
-	if err != nil {
-		return n, t.c.diskError(t.k, "cache file", t.n, err)
-	}
-	return n, nil
-}
+func (t *Temp) Write(b []byte) (int, error) { return t.write(b) }
 
 // Sync flushes what was written to disk. A full disk (delayed allocation) is a *SpaceError.
-func (t *Temp) Sync() error {
-	if err := t.f.Sync(); err != nil {
-		return t.c.diskError(t.k, "cache file", t.n, err)
-	}
-	return nil
-}
+func (t *Temp) Sync() error { return t.flush() }
 
 // ReaderAt reads back what was written, e.g. to upload it with its size known.
 func (t *Temp) ReaderAt() io.ReaderAt { return t.f }
@@ -275,15 +289,11 @@ func (t *Temp) Size() int64 { return t.n }
 // Commit makes the temp file the cached big part, paired with the small part whose SHA-256
 // (hex) is smallSum.
 func (t *Temp) Commit(smallSum string) error {
-	if err := t.Sync(); err != nil {
+	rec, err := t.seal(smallSum)
+	if err != nil {
 		t.Abort()
 		return err
 	}
-	if err := t.f.Close(); err != nil {
-		t.Abort()
-		return t.c.diskError(t.k, "cache file", t.n, err)
-	}
-	rec := Record{Name: t.k.Name, Small: smallSum, Size: t.n, SHA256: hex.EncodeToString(t.h.Sum(nil))}
 	if err := t.c.commit(t.k, t.f.Name(), rec); err != nil {
 		os.Remove(t.f.Name())
 		return err
