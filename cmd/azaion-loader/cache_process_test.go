@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -81,11 +80,8 @@ func TestPrefetchFolderProcess(t *testing.T) {
 	p := startProcess(t, "RESOURCE_API_URL="+e.refSrv.URL, "MODEL_CACHE_DIR="+cacheDir, "LOG_DIR="+t.TempDir(),
 		"PREFETCH="+folder+"/*")
 	p.login(t)
-	var st cacheStatus
-	waitUntil(t, time.Minute, "3 parts cached by prefetch", func() bool {
-		_, body := p.send(context.Background(), "GET", "/cache", "", nil)
-		st = cacheStatus{}
-		json.Unmarshal(body, &st)
+	getCache := func() (st cacheStatus) { p.getJSON(t, "/cache", &st); return st }
+	st := poll(t, "3 parts cached by prefetch", time.Minute, 50*time.Millisecond, getCache, func(st cacheStatus) bool {
 		cached := 0
 		for _, part := range st.Parts {
 			if part.State == "cached" && part.Folder == folder {
