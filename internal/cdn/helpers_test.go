@@ -54,7 +54,6 @@ func newClient(t *testing.T, m testenv.MinIOServer, endpoint string, opts cdn.Op
 	return c
 }
 
-// put uploads data as bucket/object through a direct client.
 // put uploads data as bucket/object and returns the object's ETag, which resumed downloads
 // must carry.
 func put(t *testing.T, m testenv.MinIOServer, bucket, object string, data []byte) (etag string) {
