@@ -21,7 +21,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,13 +31,9 @@ import (
 	"github.com/azaion/loader/bench/internal/loaderenv"
 	"github.com/azaion/loader/bench/internal/report"
 	"github.com/azaion/loader/internal/cache"
-	"github.com/azaion/loader/internal/cdn"
-	"github.com/azaion/loader/internal/hardware"
-	"github.com/azaion/loader/internal/resourceapi"
-	"github.com/azaion/loader/internal/resources"
 )
 
-const folder = "models"
+const folder = loaderenv.Folder
 
 func main() {
 	if err := run(); err != nil {
@@ -62,9 +57,8 @@ func run() error {
 	}
 	defer os.RemoveAll(dir)
 
-	// The resource, uploaded through the loader's own code into the cache the loader
-	// process will use: the small part goes to the reference API, the big part into the cache
-	// (and to a CDN that keeps nothing).
+	// The resource placed as a device holds it: the small part on the reference API, the big
+	// part paired in the cache the loader process will use.
 	ref, err := loaderenv.StartRefAPI(filepath.Join(dir, "refapi"), loaderenv.NoCDN)
 	if err != nil {
 		return err
@@ -72,11 +66,12 @@ func run() error {
 	defer ref.Close()
 	refURL := ref.URL
 	cacheDir := filepath.Join(dir, "cache")
-	plain := sha256.New()
-	if err := upload(refURL, cacheDir, size, plain); err != nil {
+	res, err := ref.Prepare(cacheDir, dir, "bench.bin", size, 'v')
+	if err != nil {
 		return err
 	}
-	want := plain.Sum(nil)
+	os.Remove(res.EncPath) // only bench/load's openssl runs need the whole ciphertext
+	want := res.Sum[:]
 	bigPath := filepath.Join(cacheDir, folder, "bench.bin.big")
 	fi, err := os.Stat(bigPath)
 	if err != nil {
@@ -140,41 +135,6 @@ func run() error {
 		LoadBefore: loadBefore,
 	}
 	return sec.Write(os.Stdout)
-}
-
-// upload puts a resource of size pseudo-random bytes on the reference API and into cacheDir,
-// through the loader's own upload path; plain gets the plaintext.
-func upload(refURL, cacheDir string, size int64, plain io.Writer) error {
-	api, err := resourceapi.New(refURL, hardware.Fingerprint("/"), resourceapi.Options{})
-	if err != nil {
-		return err
-	}
-	if err := api.Login(context.Background(), loaderenv.Email, loaderenv.Password); err != nil {
-		return err
-	}
-	s, err := resources.New(api, resources.Options{CacheDir: cacheDir,
-		NewStore: func(cdn.Config) (resources.Store, error) { return nowhere{}, nil }})
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	src := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{'v'}), size), plain)
-	return s.Upload(context.Background(), folder, "bench.bin", src)
-}
-
-// nowhere is a CDN that takes uploads and keeps nothing: the benchmark reads from the cache.
-type nowhere struct{}
-
-func (nowhere) Stat(context.Context, string, string) (cdn.Object, error) {
-	return cdn.Object{}, cdn.ErrNotFound
-}
-
-func (nowhere) DownloadFrom(context.Context, string, string, io.Writer, cdn.Resume) (int64, error) {
-	return 0, cdn.ErrNotFound
-}
-
-func (nowhere) Upload(context.Context, string, string, io.ReaderAt, int64, map[string]string) error {
-	return nil
 }
 
 // warm reads the file once, so every measurement finds it in the page cache.
