@@ -63,18 +63,6 @@ func Verify(ctx context.Context, r io.Reader, key []byte) (*Report, error) {
 	return report(w)
 }
 
-// Check checks a docker save tar read from r, as Verify does after decrypting.
-func Check(ctx context.Context, r io.Reader) (*Report, error) {
-	w, err := readTar(streams.WithContext(ctx, r))
-	if err != nil {
-		if cerr := ctx.Err(); cerr != nil {
-			return nil, cerr
-		}
-		return nil, err
-	}
-	return report(w)
-}
-
 func report(w *walk) (*Report, error) {
 	rep, err := checkDockerSave(w)
 	if err != nil {

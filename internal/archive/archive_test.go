@@ -162,7 +162,7 @@ func TestVerifyNotDockerSave(t *testing.T) {
 			if !errors.Is(err, ErrNotDockerSave) {
 				t.Errorf("%v, want ErrNotDockerSave", err)
 			}
-			if _, err := Check(context.Background(), bytes.NewReader(c.plain)); !errors.Is(err, ErrNotDockerSave) {
+			if _, err := checkTar(context.Background(), bytes.NewReader(c.plain)); !errors.Is(err, ErrNotDockerSave) {
 				t.Errorf("Check of the plain tar: %v, want ErrNotDockerSave", err)
 			}
 		})
@@ -173,7 +173,7 @@ func TestVerifyNotDockerSave(t *testing.T) {
 // header, and checks that Check notices each.
 func TestCheckTarBytes(t *testing.T) {
 	good := ociArchive(t, []ociImage{{tags: []string{"a:1"}, layers: [][]byte{layerTar(t, 100)}}}, false)
-	if _, err := Check(context.Background(), bytes.NewReader(good)); err != nil {
+	if _, err := checkTar(context.Background(), bytes.NewReader(good)); err != nil {
 		t.Fatal(err)
 	}
 	// Where the padding after each entry's data is: walk the tar, noting offsets.
@@ -211,7 +211,7 @@ func TestCheckTarBytes(t *testing.T) {
 		{"no end-of-archive blocks", good[:pos], ErrTruncated},
 		{"one end-of-archive block", good[:pos+512], ErrTruncated},
 	} {
-		_, err := Check(context.Background(), bytes.NewReader(c.tar))
+		_, err := checkTar(context.Background(), bytes.NewReader(c.tar))
 		if c.want == nil && err != nil || c.want != nil && !errors.Is(err, c.want) {
 			t.Errorf("%s: %v, want %v", c.name, err, c.want)
 		}

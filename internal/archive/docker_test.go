@@ -22,12 +22,12 @@ import (
 
 // Tests on archives the real dockerd saves (whichever layout its version writes).
 
-// RealArchive has a real dockerd build and save images, and returns the tar and the repo:tags
+// realArchive has a real dockerd build and save images, and returns the tar and the repo:tags
 // it holds. It holds: an imported base image under two tags; an image built on it by the
 // classic builder with two COPY layers and an ENV (three layers, parent links between their
 // legacy directories); and a second import of the same rootfs, whose layer docker stores once
 // (a symlink in the legacy layout). The images are removed from the daemon again.
-func RealArchive(t testing.TB) ([]byte, []string) {
+func realArchive(t testing.TB) ([]byte, []string) {
 	t.Helper()
 	host := testenv.DockerHost(t)
 	cli, err := client.New(client.WithHost(host))
@@ -83,7 +83,7 @@ func RealArchive(t testing.TB) ([]byte, []string) {
 }
 
 func TestVerifyRealDockerSave(t *testing.T) {
-	plain, tags := RealArchive(t)
+	plain, tags := realArchive(t)
 	enc, key := encrypt(t, plain)
 	rep := mustVerify(t, enc, key)
 	got := tagsOf(rep)
@@ -117,7 +117,7 @@ func TestVerifyRealDockerSave(t *testing.T) {
 // start (the IV, the first header), in the middle and at the end (the end-of-archive blocks,
 // the PKCS#7 block); truncated; with a wrong key.
 func TestVerifyRealDockerSaveDamage(t *testing.T) {
-	plain, _ := RealArchive(t)
+	plain, _ := realArchive(t)
 	enc, key := encrypt(t, plain)
 	mustVerify(t, enc, key)
 	for _, c := range []struct {

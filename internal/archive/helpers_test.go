@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/azaion/loader/internal/security"
+	"github.com/azaion/loader/internal/streams"
 )
 
 // tarFile is one entry of a hand-built tar.
@@ -234,4 +235,17 @@ func tagsOf(rep *Report) []string {
 		tags = append(tags, im.RepoTags...)
 	}
 	return tags
+}
+
+// checkTar checks a docker save tar read from r, as Verify does after decrypting (the tar
+// without the encryption).
+func checkTar(ctx context.Context, r io.Reader) (*Report, error) {
+	w, err := readTar(streams.WithContext(ctx, r))
+	if err != nil {
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, cerr
+		}
+		return nil, err
+	}
+	return report(w)
 }

@@ -34,7 +34,6 @@ type imageConfig struct {
 	OS           string `json:"os"`
 	Variant      string `json:"variant"`
 	RootFS       struct {
-		Type    string   `json:"type"`
 		DiffIDs []string `json:"diff_ids"`
 	} `json:"rootfs"`
 }
