@@ -46,8 +46,7 @@ type loader struct {
 	unlock    *unlock.Unlocker
 	registry  *prometheus.Registry
 	metrics   *metrics.Metrics
-	identity  *device.Identity // from DEVICE_CONFIG; nil when the device has none
-	// unattended logs in and unlocks with the identity (SPEC §10); "off" without one.
+	// unattended logs in and unlocks with the device identity (SPEC §10); "off" without one.
 	unattended *unattended.Runner
 }
 
@@ -104,7 +103,6 @@ func newLoader(cfg config.Config, stderr io.Writer, rootFS string) (*loader, err
 // setIdentity gives the loader its device identity (nil: none) and the unattended work that
 // uses it. Call it before handler; serveHTTP starts the work.
 func (l *loader) setIdentity(id *device.Identity) {
-	l.identity = id
 	l.unattended = unattended.New(unattended.Config{
 		Identity: id,
 		Backoff:  unattended.Backoff{Max: l.cfg.RetryMaxDelay},
