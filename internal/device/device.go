@@ -23,9 +23,6 @@ import (
 	"syscall"
 )
 
-// DefaultPath is where a provisioned device keeps its identity (DEVICE_CONFIG).
-const DefaultPath = "/etc/azaion/device.conf"
-
 // The keys of a device config file.
 const (
 	KeyEmail    = "AZAION_DEVICE_EMAIL"

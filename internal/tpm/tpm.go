@@ -25,9 +25,6 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 )
 
-// DefaultDevice is the kernel's resource-managed TPM device (TPM_DEVICE).
-const DefaultDevice = "/dev/tpmrm0"
-
 // ErrNotAnswering: the TPM did not answer within the timeout.
 var ErrNotAnswering = errors.New("TPM not answering")
 
