@@ -5,16 +5,12 @@ package main
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/google/go-tpm/tpm2"
-	"github.com/google/go-tpm/tpm2/transport/linuxudstpm"
 
 	"github.com/azaion/loader/internal/device"
 	"github.com/azaion/loader/internal/refapi"
@@ -236,23 +232,6 @@ func TestSealedTPMNotAnswering(t *testing.T) {
 	}
 }
 
-// extendPCR extends a PCR of the simulator through go-tpm's own socket transport.
-func extendPCR(t *testing.T, dev string, pcr int) {
-	t.Helper()
-	tr, err := linuxudstpm.Open(strings.TrimPrefix(dev, "unix://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	d := sha256.Sum256([]byte("new firmware"))
-	if _, err := (tpm2.PCRExtend{
-		PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(pcr), Auth: tpm2.PasswordAuth(nil)},
-		Digests:   tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: d[:]}}},
-	}).Execute(tr); err != nil {
-		t.Fatalf("PCR_Extend %d: %v", pcr, err)
-	}
-}
-
 func TestSealedToPCR7(t *testing.T) {
 	e := newTestEnv(t, envOptions{})
 	a := testenv.NewSWTPM(t)
@@ -262,10 +241,9 @@ func TestSealedToPCR7(t *testing.T) {
 		if !strings.Contains(p.stderr.String(), "device identity loaded") {
 			t.Fatalf("start %d:\n%s", i+1, p.stderr.String())
 		}
-		p.cmd.Process.Kill()
-		<-p.done
+		p.kill(t)
 	}
-	extendPCR(t, a.Device, 7)
+	a.ExtendPCR(t, 7)
 	refused(t, serveEnv(t, e, path, a.Device), 2, "device config "+path, "PCRs it is bound to (sha256:7) changed", "device seal")
 }
 

@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"crypto/sha256"
 	"net"
 	"os"
 	"os/exec"
@@ -9,6 +10,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport/linuxudstpm"
 )
 
 // Environment variables of the shared TPM simulator, set by scripts/test.sh.
@@ -120,5 +124,23 @@ func (s *SWTPMInstance) Continue() {
 	if s.paused {
 		s.cmd.Process.Signal(syscall.SIGCONT)
 		s.paused = false
+	}
+}
+
+// ExtendPCR extends a SHA-256 PCR of the simulator, as firmware measuring a new boot component
+// would, through go-tpm's own socket transport rather than the loader's.
+func (s *SWTPMInstance) ExtendPCR(t testing.TB, pcr int) {
+	t.Helper()
+	tr, err := linuxudstpm.Open(filepath.Join(s.Dir, "sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	d := sha256.Sum256([]byte("a firmware update"))
+	if _, err := (tpm2.PCRExtend{
+		PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(pcr), Auth: tpm2.PasswordAuth(nil)},
+		Digests:   tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: d[:]}}},
+	}).Execute(tr); err != nil {
+		t.Fatalf("PCR_Extend %d: %v", pcr, err)
 	}
 }

@@ -3,16 +3,12 @@ package tpm_test
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"os"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/google/go-tpm/tpm2"
-	"github.com/google/go-tpm/tpm2/transport/linuxudstpm"
 
 	"github.com/azaion/loader/internal/device"
 	"github.com/azaion/loader/internal/testenv"
@@ -116,25 +112,6 @@ func TestUnsealDamagedObject(t *testing.T) {
 	}
 }
 
-// extendPCR extends a PCR of the simulator through go-tpm's own socket transport, as firmware
-// measuring a new boot component would.
-func extendPCR(t *testing.T, dev string, pcr int) {
-	t.Helper()
-	tr, err := linuxudstpm.Open(strings.TrimPrefix(dev, "unix://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	d := sha256.Sum256([]byte("a firmware update"))
-	_, err = tpm2.PCRExtend{
-		PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(pcr), Auth: tpm2.PasswordAuth(nil)},
-		Digests:   tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: d[:]}}},
-	}.Execute(tr)
-	if err != nil {
-		t.Fatalf("PCR_Extend %d: %v", pcr, err)
-	}
-}
-
 func TestPCRBinding(t *testing.T) {
 	a := testenv.NewSWTPM(t)
 	c := client(a.Device)
@@ -153,11 +130,11 @@ func TestPCRBinding(t *testing.T) {
 			t.Fatalf("unseal %d while PCR 7 is unchanged: %v", i+1, err)
 		}
 	}
-	extendPCR(t, a.Device, 0) // another PCR: no matter
+	a.ExtendPCR(t, 0) // another PCR: no matter
 	if _, err := c.Unseal(ctx, s); err != nil {
 		t.Fatalf("after extending PCR 0: %v", err)
 	}
-	extendPCR(t, a.Device, 7)
+	a.ExtendPCR(t, 7)
 	_, err = c.Unseal(ctx, s)
 	if !errors.Is(err, device.ErrPCRsChanged) || !strings.Contains(err.Error(), "sha256:7") {
 		t.Fatalf("after extending PCR 7: got %v, want ErrPCRsChanged naming the PCR", err)
