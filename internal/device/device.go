@@ -146,7 +146,6 @@ func parsePlain(path string, data []byte) (Identity, error) {
 // loadSealed unseals a sealed device config through opts.TPM. The plain text lives only in
 // memory, and only until it is parsed.
 func loadSealed(ctx context.Context, path string, data []byte, opts Options) (*Identity, error) {
-	reseal := "reseal it on this device from the provisioning record: azaion-loader device seal --in - --out " + path
 	s, err := ParseSealed(data)
 	if err != nil {
 		return nil, sealedFileError(path, err)
@@ -157,28 +156,34 @@ func loadSealed(ctx context.Context, path string, data []byte, opts Options) (*I
 	plain, err := opts.TPM.Unseal(ctx, s)
 	switch {
 	case errors.Is(err, ErrSealedForAnotherTPM):
-		return nil, &Error{Path: path, Problem: "cannot be unsealed: it was sealed for another TPM (a copied disk, a swapped board, or this TPM was cleared)", Fix: reseal}
+		return nil, &Error{Path: path, Problem: "cannot be unsealed: it was sealed for another TPM (a copied disk, a swapped board, or this TPM was cleared)", Fix: resealFix(path)}
 	case errors.Is(err, ErrPCRsChanged):
-		return nil, &Error{Path: path, Problem: "cannot be unsealed: the values of the PCRs it is bound to (" + FormatPCRs(s.PCRs) + ") changed since it was sealed (a firmware or boot change)", Fix: reseal}
+		return nil, &Error{Path: path, Problem: "cannot be unsealed: the values of the PCRs it is bound to (" + FormatPCRs(s.PCRs) + ") changed since it was sealed (a firmware or boot change)", Fix: resealFix(path)}
 	case errors.Is(err, ErrSealedDamaged):
-		return nil, &Error{Path: path, Problem: "is a sealed device config, and it is " + err.Error(), Fix: reseal}
+		return nil, sealedFileError(path, err)
 	case err != nil:
 		return nil, fmt.Errorf("device config %s: %w", path, err)
 	}
 	id, perr := Parse(plain)
 	clear(plain)
 	if perr != nil {
-		return nil, &Error{Path: path, Problem: "was unsealed, but what it holds is not a device config: " + perr.Error(), Fix: reseal}
+		return nil, &Error{Path: path, Problem: "was unsealed, but what it holds is not a device config: " + perr.Error(), Fix: resealFix(path)}
 	}
 	return &id, nil
 }
 
+// resealFix is what to do about a sealed file that cannot be opened.
+func resealFix(path string) string {
+	return "reseal it on this device from the provisioning record: azaion-loader device seal --in - --out " + path
+}
+
+// sealedFileError is the *Error of a sealed file that is damaged (ErrSealedDamaged, from the
+// parser or the TPM) or of a format this loader does not read.
 func sealedFileError(path string, err error) *Error {
-	fix := "reseal it on this device from the provisioning record: azaion-loader device seal --in - --out " + path
 	if errors.Is(err, ErrSealedDamaged) {
-		return &Error{Path: path, Problem: "is a sealed device config, and it is " + err.Error(), Fix: fix}
+		return &Error{Path: path, Problem: "is a sealed device config, and it is " + err.Error(), Fix: resealFix(path)}
 	}
-	return &Error{Path: path, Problem: "is a sealed device config this loader cannot read: " + err.Error(), Fix: "use the loader that sealed it, or " + fix}
+	return &Error{Path: path, Problem: "is a sealed device config this loader cannot read: " + err.Error(), Fix: "use the loader that sealed it, or " + resealFix(path)}
 }
 
 // Kind is what a DEVICE_CONFIG path holds.
