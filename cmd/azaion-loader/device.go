@@ -122,7 +122,7 @@ func readPlainConfig(ctx context.Context, in string) ([]byte, error) {
 		return nil, fmt.Errorf("seal: %w", err)
 	}
 	defer done()
-	const limit = 64 << 10
+	const limit = device.MaxFileSize
 	data, err := io.ReadAll(io.LimitReader(streams.WithContext(ctx, src), limit+1))
 	if err != nil {
 		clear(data)

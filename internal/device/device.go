@@ -29,8 +29,9 @@ const (
 	KeyPassword = "AZAION_DEVICE_PASSWORD"
 )
 
-// maxFileSize bounds what Load reads: a device config is a few lines.
-const maxFileSize = 64 << 10
+// MaxFileSize bounds what Load reads, and what "device seal" takes: a device config is a few
+// lines.
+const MaxFileSize = 64 << 10
 
 // Identity is the device's credentials. Its String, GoString and LogValue never show them, so a
 // stray %v or log attribute cannot leak them.
@@ -121,14 +122,14 @@ func read(path string, opts Options) ([]byte, error) {
 	if err := checkFile(path, fi, opts); err != nil {
 		return nil, err
 	}
-	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
 	if err != nil {
 		clear(data)
 		return nil, &Error{Path: path, Problem: "cannot be read (" + describe(err) + ")", Fix: "check the file"}
 	}
-	if len(data) > maxFileSize {
+	if len(data) > MaxFileSize {
 		clear(data)
-		return nil, &Error{Path: path, Problem: fmt.Sprintf("is larger than %d bytes", maxFileSize),
+		return nil, &Error{Path: path, Problem: fmt.Sprintf("is larger than %d bytes", MaxFileSize),
 			Fix: "it must hold only " + KeyEmail + " and " + KeyPassword}
 	}
 	return data, nil

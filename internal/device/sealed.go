@@ -146,8 +146,8 @@ func ParseSealed(data []byte) (Sealed, error) {
 	damaged := func(format string, a ...any) (Sealed, error) {
 		return Sealed{}, fmt.Errorf("%w: %s", ErrSealedDamaged, fmt.Sprintf(format, a...))
 	}
-	if len(data) > maxFileSize {
-		return damaged("larger than %d bytes", maxFileSize)
+	if len(data) > MaxFileSize {
+		return damaged("larger than %d bytes", MaxFileSize)
 	}
 	if !bytes.HasSuffix(data, []byte("\n")) {
 		return damaged("it does not end with a newline (truncated?)")
