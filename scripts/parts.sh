@@ -95,6 +95,23 @@ pause_pid() {
 	die "$pid did not stop"
 }
 
+# wait_answer NAME PID LOG WHERE PROBE_ARGS...: wait until "probe PROBE_ARGS..." succeeds; with
+# the end of LOG, fail when PID exits first or START_TIMEOUT passes.
+wait_answer() {
+	local name=$1 pid=$2 log=$3 where=$4 i
+	shift 4
+	for ((i = 0; i < START_TIMEOUT * 4; i++)); do
+		probe "$@" && return 0
+		if ! alive "$pid"; then
+			logtail "$log"
+			die "$name exited while starting (log: $log)"
+		fi
+		sleep 0.25
+	done
+	logtail "$log"
+	die "$name did not answer on $where within ${START_TIMEOUT}s (log: $log)"
+}
+
 # resume_pid PIDFILE: SIGCONT the process (harmless when it runs).
 resume_pid() {
 	local pid
@@ -137,24 +154,11 @@ docker_start() {
 	wait_docker $!
 }
 
-wait_docker() {
-	local pid=$1 i
-	for ((i = 0; i < START_TIMEOUT * 4; i++)); do
-		probe docker "$HOST" && return 0
-		if ! alive "$pid"; then
-			logtail "$D/dockerd.log"
-			die "dockerd exited while starting (log: $D/dockerd.log)"
-		fi
-		sleep 0.25
-	done
-	logtail "$D/dockerd.log"
-	die "dockerd did not answer on $HOST within ${START_TIMEOUT}s (log: $D/dockerd.log)"
-}
+wait_docker() { wait_answer dockerd "$1" "$D/dockerd.log" "$HOST" docker "$HOST"; }
 
 docker_stop() {
 	docker_init
 	local pid
-	resume_pid "$D/run.pid" # SIGTERM waits on a stopped process
 	pid=$(cat "$D/run.pid" 2>/dev/null || true)
 	if alive "$pid"; then stop_pids "$STOP_TIMEOUT" "$pid"; fi
 	# dockerd stops the containerd it started; a killed one leaves it behind.
@@ -225,24 +229,11 @@ minio_start() {
 	wait_minio $!
 }
 
-wait_minio() {
-	local pid=$1 i
-	for ((i = 0; i < START_TIMEOUT * 4; i++)); do
-		probe http "$URL" && return 0
-		if ! alive "$pid"; then
-			logtail "$M/minio.log"
-			die "minio exited while starting (log: $M/minio.log)"
-		fi
-		sleep 0.25
-	done
-	logtail "$M/minio.log"
-	die "minio did not answer on $URL within ${START_TIMEOUT}s (log: $M/minio.log)"
-}
+wait_minio() { wait_answer minio "$1" "$M/minio.log" "$URL" http "$URL"; }
 
 minio_stop() {
 	minio_init
 	local pid
-	resume_pid "$M/run.pid"
 	pid=$(cat "$M/run.pid" 2>/dev/null || true)
 	if alive "$pid"; then stop_pids "$STOP_TIMEOUT" "$pid"; fi
 	# shellcheck disable=SC2046
@@ -311,26 +302,13 @@ swtpm_start() {
 	wait_swtpm $!
 }
 
-wait_swtpm() {
-	local pid=$1 i
-	for ((i = 0; i < START_TIMEOUT * 4; i++)); do
-		probe tpm "unix://$SOCK" && return 0
-		if ! alive "$pid"; then
-			logtail "$W/swtpm.log"
-			die "swtpm exited while starting (log: $W/swtpm.log)"
-		fi
-		sleep 0.25
-	done
-	logtail "$W/swtpm.log"
-	die "swtpm did not answer on $SOCK within ${START_TIMEOUT}s (log: $W/swtpm.log)"
-}
+wait_swtpm() { wait_answer swtpm "$1" "$W/swtpm.log" "$SOCK" tpm "unix://$SOCK"; }
 
 swtpm_stop() {
 	swtpm_init
 	local pid
 	pid=$(cat "$W/run.pid" 2>/dev/null || true)
-	# A stopped (SIGSTOP) simulator would never see the SIGTERM.
-	if alive "$pid"; then kill -CONT "$pid" 2>/dev/null || true; stop_pids "$STOP_TIMEOUT" "$pid"; fi
+	if alive "$pid"; then stop_pids "$STOP_TIMEOUT" "$pid"; fi
 	# shellcheck disable=SC2046
 	stop_pids 10 $(pids_under "$W")
 	rm -f "$W/run.pid"
