@@ -6,10 +6,10 @@
 #
 # The contract with the programs (DEVELOPERS.md, "Benchmarks"):
 # - bench.sh runs `go run ./bench/<name> FLAGS` from the repository root for every directory
-#   bench/<name>/ with a main.go (bench/internal/ is shared code). FLAGS are the words of
-#   bench/<name>/bench.flags ('#' starts a comment) when that file exists, or the value of
+#   bench/<name>/ with a main.go (bench/internal/ is shared code). FLAGS are the value of
 #   AZAION_BENCH_FLAGS_<NAME> (upper case, '-' as '_') when that is set, e.g. for a quick try
-#   AZAION_BENCH_FLAGS_UNLOCK='-size 64MiB'.
+#   AZAION_BENCH_FLAGS_UNLOCK='-size 64MiB', else the words of bench/<name>/bench.flags ('#'
+#   starts a comment) when that file exists.
 # - a program prints exactly one Markdown section on stdout: "### <title>", a table of figures,
 #   each next to its baseline measured in the same run and their ratio, and a line saying the
 #   machine; progress and diagnostics go to stderr (kept in the state dir, tail shown on failure).
