@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -61,8 +62,9 @@ type Config struct {
 
 // Options tune the client; the zero value is ready to use.
 type Options struct {
-	// Transport carries the HTTP requests; nil means minio-go's default transport. Tests wrap it
-	// to count and inspect the requests.
+	// Transport carries the HTTP requests; nil means minio-go's default transport with its
+	// connect and answer-header timeouts set to StallTimeout. Tests wrap it to count and inspect
+	// the requests.
 	Transport http.RoundTripper
 	// StallTimeout abandons a download attempt that delivers fewer than StallMinBytes in this
 	// long, and resumes it. Zero means DefaultStallTimeout.
@@ -150,6 +152,11 @@ func New(cfg Config, opts Options) (*Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cdn: transport: %w", err)
 		}
+		// minio-go waits a minute for a connection and for an answer's header, and repeats a
+		// Stat or an Upload's requests MaxRetries times: a hung CDN would hold a /load for
+		// minutes. A CDN that is silent for the stall timeout is hung, before a download too.
+		t.DialContext = (&net.Dialer{Timeout: c.stall, KeepAlive: 30 * time.Second}).DialContext
+		t.ResponseHeaderTimeout = c.stall
 		transport = t
 	}
 	mopts := func(retries int) *minio.Options {

@@ -138,6 +138,63 @@ func TestClosedPortIsUnavailable(t *testing.T) {
 	}
 }
 
+// A CDN that accepts connections and never answers (a hung server, not a dead one) must fail
+// Stat and Upload within the stall timeout per attempt: minio-go's own transport would wait a
+// minute for each answer and repeat it, longer than the caller's deadline here.
+func TestHungCDNIsUnavailable(t *testing.T) {
+	addr := hungServer(t)
+	c, err := cdn.New(cdn.Config{Endpoint: "http://" + addr, AccessKey: "access-key-Kd81", SecretKey: "secret-key-Lm02xx"},
+		cdn.Options{StallTimeout: 200 * time.Millisecond, MaxResumes: 1, Backoff: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A caller's deadline that only a client waiting minio-go's minute would reach.
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Second)
+	defer cancel()
+	_, statErr := c.Stat(ctx, "bucket", "object")
+	upErr := c.Upload(ctx, "bucket", "object", strings.NewReader("data"), 4, nil)
+	for name, err := range map[string]error{"Stat": statErr, "Upload": upErr} {
+		if !errors.Is(err, cdn.ErrUnavailable) {
+			t.Errorf("%s: %v, want ErrUnavailable", name, err)
+		}
+	}
+	if ctx.Err() != nil {
+		t.Error("the caller's deadline passed first: the stall timeout did not bound the waits")
+	}
+}
+
+// hungServer listens on loopback, accepts every connection and never answers; it closes them
+// when the test ends.
+func hungServer(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns := make(chan net.Conn, 64)
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns <- conn
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		for {
+			select {
+			case conn := <-conns:
+				conn.Close()
+			default:
+				return
+			}
+		}
+	})
+	return ln.Addr().String()
+}
+
 func TestResumeAfterBrokenConnection(t *testing.T) {
 	m := testenv.MinIO(t)
 	bucket := m.Bucket(t, "cdn")
