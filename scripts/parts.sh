@@ -363,6 +363,8 @@ docker | minio | swtpm)
 		;;
 	start | stop | status | pause | resume | kill)
 		[[ $# -eq 3 ]] || die "usage: parts.sh $1 STATEDIR $3"
+		# Without it every probe fails, and start would wait START_TIMEOUT for nothing.
+		[[ -x $STATE/bin/testprobe ]] || die "$STATE/bin/testprobe is missing (go build -o $STATE/bin/ ./internal/testenv/testprobe)"
 		declare -F "$1_$3" >/dev/null || die "$1 has no action $3"
 		"$1_$3"
 		;;
